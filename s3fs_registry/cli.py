@@ -1,0 +1,191 @@
+"""Command line: argv -> configuration -> a subcommand; exit codes; no FUSE or S3 logic.
+
+`mount` without `--foreground` starts the daemon as a detached child process (forking a
+process that already has threads and an HTTP pool is unsafe) and waits on a pipe until the
+child says the mount is usable, or reports its one-line error and exit code.
+
+Exit codes: 0 ok; 1 unexpected error; 2 bad command line or configuration; 3 S3 endpoint
+unreachable; 4 credentials rejected; 5 bucket missing; 6 permission missing; 7 cannot mount
+(mount point); 8 uploads pending at shutdown failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from s3fs_registry import __version__
+from s3fs_registry.config import Config, load_config
+from s3fs_registry.errors import ConfigError, StartupError, StoreError
+from s3fs_registry.log import setup_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/s3fs-registry/config.yml"
+READY_TIMEOUT_S = 300.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3fs-registry",
+        description="Mount an S3 bucket prefix for an unmodified container registry.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mount = sub.add_parser("mount", help="mount the bucket prefix on MOUNTPOINT")
+    _add_config(mount)
+    mount.add_argument("--foreground", "-f", action="store_true",
+                       help="stay attached (systemd, tests); logs go to stderr")
+    mount.add_argument("--notify-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    mount.add_argument("mountpoint")
+    check = sub.add_parser("check", help="validate the configuration and probe the S3 permissions")
+    _add_config(check)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("S3FS_REGISTRY_CONFIG") or (
+        DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    parser.add_argument("--config", "-c", default=default,
+                        help="YAML file in the registry's shape (default: $S3FS_REGISTRY_CONFIG or "
+                             f"{DEFAULT_CONFIG}; environment variables REGISTRY_STORAGE_S3_* and "
+                             "REGISTRY_MOUNT_* override it)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _load(args.config)
+        if args.command == "check":
+            return _check(config)
+        return _mount(args, config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    except StartupError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(path: str | None) -> Config:
+    from s3fs_registry.store import known_regions  # boto3 import only when needed
+
+    return load_config(path, os.environ, known_regions())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"s3fs-registry: {message}", file=sys.stderr)
+    return code
+
+
+def _mount(args: argparse.Namespace, config: Config) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise StartupError(f"mount point {mountpoint} is not a directory", 7)
+    if os.path.ismount(mountpoint):
+        raise StartupError(f"{mountpoint} is already a mount point", 7)
+    if not args.foreground:
+        return _spawn_daemon(args, mountpoint)
+    return _run_foreground(config, mountpoint, args.notify_fd)
+
+
+def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
+    from s3fs_registry import daemon
+
+    mount = config.mount
+    setup_logging(mount.log_level, mount.log_file, syslog=notify_fd >= 0,
+                  secrets=[config.s3.secretkey])
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    if config.s3.skipverify:
+        log.warning("storage.s3.skipverify is true: TLS certificates of %s are NOT verified",
+                    config.s3.endpoint_url() or "S3")
+
+    def ready() -> None:
+        _tell_parent(notify_fd, "READY")
+
+    try:
+        return daemon.run(config, mountpoint, ready)
+    except StartupError as exc:
+        log.error("%s", exc)
+        _tell_parent(notify_fd, str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        log.exception("daemon failed")
+        _tell_parent(notify_fd, f"daemon failed: {exc}")
+        return 1
+
+
+def _tell_parent(fd: int, line: str) -> None:
+    if fd < 0:
+        return
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        if line == "READY":
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
+    """Start `mount --foreground` detached and wait until it reports READY or an error."""
+    read_fd, write_fd = os.pipe()
+    command = [sys.executable, "-m", "s3fs_registry", "mount", "--foreground",
+               "--notify-fd", str(write_fd), mountpoint]
+    if args.config:
+        command[4:4] = ["--config", os.path.abspath(args.config)]
+    with open(os.devnull, "r+b") as devnull:
+        child = subprocess.Popen(command, stdin=devnull, stdout=devnull, stderr=devnull,
+                                 pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line == "READY":
+        return 0
+    try:
+        code = child.wait(timeout=READY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        code = 1
+    return _fail(line or f"daemon exited with code {code}; see its log", code or 1)
+
+
+def _check(config: Config) -> int:
+    from s3fs_registry.check import PermissionCheck, format_table
+    from s3fs_registry.daemon import EXIT_PERMISSION, verify_bucket
+    from s3fs_registry.store import Store
+
+    setup_logging("warning", secrets=[config.s3.secretkey])
+    store = Store(config.s3, config.mount)
+
+    async def probe() -> int:
+        try:
+            await verify_bucket(store, config)
+        except StartupError as exc:
+            if exc.exit_code != EXIT_PERMISSION:  # a refused ListBucket shows in the table
+                raise
+        check = PermissionCheck(store, config)
+        try:
+            outcomes = await check.run()
+        finally:
+            await check.cleanup()
+        print(f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
+              f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}")
+        print(format_table(outcomes))
+        missing = [o.permission for o in outcomes if not o.granted]
+        if missing:
+            print(f"missing: {', '.join('s3:' + m for m in missing)}")
+            return 6
+        print("all 8 permissions the registry needs are granted")
+        return 0
+
+    try:
+        return trio.run(probe)
+    except StoreError as exc:
+        return _fail(f"check failed: {exc}", 1)
+

@@ -1,0 +1,149 @@
+"""Lifecycle of a mount: check the bucket, mount, serve, and on the way out commit everything.
+
+Order matters for the operator: the bucket, credentials and endpoint are checked before
+anything is mounted, so a bad setting leaves no dead mount point behind; READY=1 goes to
+systemd only once the kernel mount exists; SIGTERM, SIGINT, `fusermount3 -u` and `umount`
+all end the FUSE loop, after which every file still holding unsaved data is committed (or
+its key and error are logged) before the mount is torn down and the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from s3fs_registry.budget import MemoryBudget, SpoolBudget
+from s3fs_registry.config import Config
+from s3fs_registry.errors import (
+    AccessDeniedError,
+    CredentialsError,
+    NoSuchBucketError,
+    StartupError,
+    StoreError,
+    TransientError,
+)
+from s3fs_registry.fs import S3Operations
+from s3fs_registry.reader import ReadContext
+from s3fs_registry.store import Store
+from s3fs_registry.vfs import Filesystem
+from s3fs_registry.writer import WriteContext
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+EXIT_CREDENTIALS = 4
+EXIT_NO_BUCKET = 5
+EXIT_PERMISSION = 6
+EXIT_MOUNT = 7
+EXIT_LOST_UPLOADS = 8
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd, never raises."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+async def verify_bucket(store: Store, config: Config) -> None:
+    """One listing under the prefix: tells a missing bucket, bad credentials, a refused
+    permission and an unreachable endpoint apart, each with its own line and exit code."""
+    s3 = config.s3
+    where = f"s3://{s3.bucket}/{s3.key_prefix()}"
+    endpoint = s3.endpoint_url() or f"AWS S3 ({s3.region})"
+    try:
+        await store.list_page(s3.key_prefix(), max_keys=1)
+    except NoSuchBucketError:
+        raise StartupError(f"bucket {s3.bucket!r} does not exist at {endpoint}", EXIT_NO_BUCKET) from None
+    except CredentialsError as exc:
+        raise StartupError(f"S3 rejected the credentials ({exc.code}); check storage.s3.accesskey "
+                           f"and storage.s3.secretkey or the AWS credential chain", EXIT_CREDENTIALS) from None
+    except AccessDeniedError as exc:
+        raise StartupError(f"permission s3:ListBucket refused on {where} ({exc.code}); see "
+                           f"`s3fs-registry check` for every permission the registry needs",
+                           EXIT_PERMISSION) from None
+    except TransientError as exc:
+        raise StartupError(f"cannot reach S3 at {endpoint}: {exc}", EXIT_UNREACHABLE) from None
+    except StoreError as exc:
+        raise StartupError(f"cannot list {where}: {exc}", EXIT_UNEXPECTED) from None
+
+
+def fuse_options(config: Config, fsname: str) -> set[str]:
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
+    if config.mount.allow_other:
+        options.add("allow_other")
+    return options
+
+
+def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: None) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit code."""
+    store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
+    return trio.run(_serve, config, store, mountpoint, on_ready)
+
+
+async def _serve(config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None]) -> int:
+    await verify_bucket(store, config)
+    mount = config.mount
+    async with trio.open_nursery() as background:
+        budget = MemoryBudget(mount.memory_budget, max(mount.small_file_size, 1 << 20))
+        writes = WriteContext(store, budget, SpoolBudget(mount.spool_limit), background,
+                              config.s3.chunksize, mount.spool_dir, config.s3.multipartcopychunksize,
+                              config.s3.multipartcopymaxconcurrency)
+        reads = ReadContext(store, budget.parts, background, mount.small_file_size, mount.read_ahead)
+        fs = Filesystem(config, store, writes, reads)
+        fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
+        try:
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(config, fsname))
+        except RuntimeError as exc:
+            raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
+        code = await _serve_mounted(fs, background, mountpoint, on_ready)
+        background.cancel_scope.cancel()
+    log.info("S3 requests: %d (%d retries, %d failed after retries): %s", store.stats.total(),
+             store.stats.retries, store.stats.failures, store.stats.requests)
+    return code
+
+
+async def _serve_mounted(fs: Filesystem, background: trio.Nursery, mountpoint: str,
+                         on_ready: Callable[[], None]) -> int:
+    try:
+        background.start_soon(_terminate_on_signal)
+        log.info("mounted %s", mountpoint)
+        sd_notify("READY=1")
+        on_ready()
+        await pyfuse3.main()
+        sd_notify("STOPPING=1")
+        log.info("FUSE loop ended; committing pending uploads")
+        failures = await fs.commit_all()
+    finally:
+        # a lazy unmount, also after an error: never leave a dead mount point behind
+        pyfuse3.close(unmount=True)
+    if failures:
+        log.error("%d file(s) could not be uploaded at shutdown (see above)", failures)
+        return EXIT_LOST_UPLOADS
+    log.info("unmounted %s cleanly", mountpoint)
+    return EXIT_OK
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s received: finishing uploads and unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()

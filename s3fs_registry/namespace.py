@@ -1,0 +1,281 @@
+"""Inodes, names and what this mount believes about S3, with the TTL rules.
+
+A `Node` is one path the kernel knows (it holds a lookup count) or this mount needs (a file
+being written, an empty directory made with mkdir). Paths, not objects, have identity: a
+node keeps its inode number when the object under it is replaced, and moves with rename.
+Keys are derived from the chain of parent names, so renaming a directory moves every
+descendant at once.
+
+Beliefs about S3 age. Each node records when its attributes were last confirmed
+(`checked`, on a monotonic clock); each directory may hold the listing it was last read
+with. How long a belief is trusted depends on the path: content-addressed registry paths
+(`blobs/**`, `_manifests/revisions/**`) never change once written, so their attributes are
+trusted for `immutable_ttl`; everything else for `metadata_ttl`, which bounds how stale
+another mount's change can look. "Does not exist" is remembered for `negative_ttl`.
+What this mount itself did is always known at once: its own writes, renames and deletes
+update the nodes, listings and negative entries directly.
+
+Nothing here does I/O or imports pyfuse3; vfs.py drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from s3fs_registry.errors import FsError
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+NEGATIVE_CACHE_ENTRIES = 65536
+IMMUTABLE_PATH = re.compile(
+    r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a directory listing."""
+
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""
+
+
+@dataclass
+class Listing:
+    """A directory's children as last read from S3 (and merged with local state)."""
+
+    entries: dict[str, Entry]
+    fetched: float
+
+
+class Node:
+    """One path this mount knows; see the module docstring."""
+
+    __slots__ = ("checked", "children", "detached", "etag", "file", "in_s3", "ino", "is_dir",
+                 "listing", "local", "lookups", "mtime", "name", "opens", "parent", "size")
+
+    def __init__(self, ino: int, parent: Node | None, name: str, is_dir: bool) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self.size = 0
+        self.mtime = 0.0
+        self.etag = ""
+        self.checked = float("-inf")
+        self.lookups = 0
+        self.opens = 0
+        self.children: dict[str, Node] = {}
+        self.listing: Listing | None = None
+        self.local = False      # exists only in this mount (mkdir'd dir, file not yet uploaded)
+        self.in_s3 = False      # a file whose object is known to exist
+        self.detached = False   # unlinked or replaced: no longer reachable by its name
+        self.file: Any = None   # vfs.FileState while the file is open for writing
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino}, {self.name!r}, dir={self.is_dir})"
+
+
+class Namespace:
+    """The inode table and the beliefs of the module docstring."""
+
+    def __init__(self, prefix: str, metadata_ttl: float, immutable_ttl: float,
+                 negative_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.prefix = prefix
+        self.metadata_ttl = metadata_ttl
+        self.immutable_ttl = immutable_ttl
+        self.negative_ttl = negative_ttl
+        self.clock = clock
+        self.root = Node(ROOT_INODE, None, "", True)
+        self.root.local = True  # the root always exists, even on an empty prefix
+        self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._next_ino = ROOT_INODE + 1
+        self._negative: OrderedDict[str, float] = OrderedDict()
+
+    # -- names ---------------------------------------------------------------------------
+
+    def rel(self, node: Node) -> str:
+        """Path of `node` relative to the mount root, without a leading slash."""
+        names: list[str] = []
+        while node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        return "/".join(reversed(names))
+
+    def key(self, node: Node) -> str:
+        return self.prefix + self.rel(node)
+
+    def child_rel(self, parent: Node, name: str) -> str:
+        base = self.rel(parent)
+        return f"{base}/{name}" if base else name
+
+    def dir_prefix(self, node: Node) -> str:
+        """The listing prefix of a directory: its key and a slash (just the prefix for the root)."""
+        rel = self.rel(node)
+        return self.prefix + (rel + "/" if rel else "")
+
+    # -- trust ---------------------------------------------------------------------------
+
+    def ttl(self, rel: str) -> float:
+        return self.immutable_ttl if IMMUTABLE_PATH.match(rel) else self.metadata_ttl
+
+    def fresh(self, node: Node) -> bool:
+        """Are the node's attributes still trusted without asking S3?"""
+        if node.local or node.file is not None:
+            return True
+        return self.clock() - node.checked < self.ttl(self.rel(node))
+
+    def fresh_local(self, node: Node) -> bool:
+        """Is a directory made by mkdir here recent enough to assume nobody else wrote in it?"""
+        return node.local and self.clock() - node.checked < self.metadata_ttl
+
+    def listing_fresh(self, node: Node) -> bool:
+        return node.listing is not None and self.clock() - node.listing.fetched < self.metadata_ttl
+
+    def is_negative(self, rel: str) -> bool:
+        expiry = self._negative.get(rel)
+        if expiry is None:
+            return False
+        if self.clock() >= expiry:
+            del self._negative[rel]
+            return False
+        return True
+
+    def set_negative(self, rel: str) -> None:
+        if self.negative_ttl <= 0:
+            return
+        self._negative[rel] = self.clock() + self.negative_ttl
+        self._negative.move_to_end(rel)
+        while len(self._negative) > NEGATIVE_CACHE_ENTRIES:
+            self._negative.popitem(last=False)
+
+    def clear_negative(self, rel: str) -> None:
+        self._negative.pop(rel, None)
+
+    def clear_negative_under(self, rel: str) -> None:
+        """Forget "does not exist" for `rel` and its ancestors (a file was created there)."""
+        while rel:
+            self._negative.pop(rel, None)
+            rel = rel.rpartition("/")[0]
+
+    # -- the table -----------------------------------------------------------------------
+
+    def get(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise FsError(116, f"inode {ino} is not known")  # ESTALE
+        return node
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        return parent.children.get(name)
+
+    def attach(self, parent: Node, name: str, entry: Entry) -> Node:
+        """The child `name` as `entry` says, created or updated, attributes now confirmed."""
+        node = parent.children.get(name)
+        if node is not None and node.is_dir != entry.is_dir and node.file is None:
+            self.detach(node)
+            node = None
+        if node is None:
+            node = Node(self._next_ino, parent, name, entry.is_dir)
+            self._next_ino += 1
+            self.nodes[node.ino] = node
+            parent.children[name] = node
+        if node.file is None:  # a file being written knows better than S3
+            node.size, node.mtime, node.etag = entry.size, entry.mtime, entry.etag
+            node.in_s3 = not entry.is_dir
+        node.checked = self.clock()
+        self.clear_negative(self.child_rel(parent, name))
+        return node
+
+    def new_local(self, parent: Node, name: str, is_dir: bool, mtime: float) -> Node:
+        """A node that exists only in this mount so far (mkdir, create)."""
+        old = parent.children.get(name)
+        if old is not None:
+            self.detach(old)
+        node = self.attach(parent, name, Entry(is_dir, 0, mtime))
+        node.local = True
+        node.in_s3 = False
+        self.note_entry(parent, name, Entry(is_dir, 0, mtime))
+        return node
+
+    def detach(self, node: Node) -> None:
+        """`node` is no longer reachable by name (unlinked, replaced, gone from S3)."""
+        parent = node.parent
+        if parent is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+        node.detached = True
+        node.local = False
+        self._maybe_drop(node)
+
+    def move(self, node: Node, parent: Node, name: str) -> None:
+        """Rename: `node` (and everything under it) now lives at parent/name."""
+        old_parent = node.parent
+        assert old_parent is not None
+        if old_parent.children.get(node.name) is node:
+            del old_parent.children[node.name]
+        self.forget_entry(old_parent, node.name)
+        existing = parent.children.get(name)
+        if existing is not None and existing is not node:
+            self.detach(existing)
+        node.parent, node.name = parent, name
+        parent.children[name] = node
+        self.clear_negative(self.child_rel(parent, name))
+
+    def remember_lookup(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._maybe_drop(node)
+
+    def release_open(self, node: Node) -> None:
+        node.opens = max(0, node.opens - 1)
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        """Free a node nobody needs: no lookups, not open, not being written, no children."""
+        while (node is not self.root and node.lookups == 0 and node.opens == 0
+               and node.file is None and not node.local and not node.children):
+            self.nodes.pop(node.ino, None)
+            parent = node.parent
+            if parent is None:
+                return
+            if parent.children.get(node.name) is node:
+                del parent.children[node.name]
+            node = parent
+
+    # -- listings ------------------------------------------------------------------------
+
+    def note_entry(self, parent: Node, name: str, entry: Entry) -> None:
+        """Record in the cached listing that `name` now exists (this mount made it so)."""
+        if parent.listing is not None:
+            parent.listing.entries[name] = entry
+        self.clear_negative(self.child_rel(parent, name))
+
+    def forget_entry(self, parent: Node, name: str) -> None:
+        """Record that `name` is gone (this mount removed it)."""
+        if parent.listing is not None:
+            parent.listing.entries.pop(name, None)
+        self.set_negative(self.child_rel(parent, name))
+
+    def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
+        """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""
+        for name, node in parent.children.items():
+            if node.local or node.file is not None:
+                yield name, node
+
+    def descendants(self, node: Node) -> Iterator[Node]:
+        for child in list(node.children.values()):
+            yield child
+            yield from self.descendants(child)

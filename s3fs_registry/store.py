@@ -1,0 +1,569 @@
+"""The only module that talks to S3: async methods over boto3, run in worker threads.
+
+boto3 is blocking, so every request runs in `trio.to_thread.run_sync` under a
+`CapacityLimiter` whose size matches the client's connection pool (more threads than pooled
+connections only churns connections). Reads and writes get separate limiters because a
+writer waiting for a part upload must never starve the reads that other handlers wait on.
+
+Retries live here, not in botocore: the trio side sleeps between attempts (cancellable, no
+thread held), attempts and total time are bounded by the mount settings, and operations
+whose first attempt may already have taken effect (CompleteMultipartUpload,
+AbortMultipartUpload) are recognised on retry instead of being reported as failures.
+
+Every object write carries the registry driver's headers (Content-Type
+application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and a
+Content-MD5 that S3 verifies; every GET is checked for status, length and range before its
+bytes are handed on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.exceptions
+import trio
+from botocore.config import Config as BotoConfig
+
+from s3fs_registry.config import MountConfig, S3Config
+from s3fs_registry.errors import (
+    AccessDeniedError,
+    CredentialsError,
+    IntegrityError,
+    NameTooLongError,
+    NoSpaceError,
+    NoSuchBucketError,
+    NotFoundError,
+    PreconditionError,
+    StoreError,
+    TooLargeError,
+    TransientError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_KEY_BYTES = 1024
+MIN_PART = 5 * 1024 * 1024
+MAX_PART = 5 * 1024 * 1024 * 1024
+MAX_PARTS = 10_000
+DELETE_BATCH = 1000
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"}
+_TRANSIENT = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "OperationAborted",
+    "Throttling",
+    "ThrottlingException",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+_INTEGRITY = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"}
+_TRANSPORT_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ProxyConnectionError,
+    botocore.exceptions.HTTPClientError,
+    OSError,
+)
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or HEAD tells about one object."""
+
+    key: str
+    size: int
+    mtime: float
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One ListObjectsV2 page: objects, common prefixes, and the token for the next page."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """Bytes of a GET, with the object's total size and ETag from the response."""
+
+    data: bytes
+    total_size: int
+    etag: str
+
+
+def multipart_etag(part_etags: Sequence[str]) -> str:
+    """The ETag S3 gives a completed multipart object: md5 of the part md5s, then -N."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for etag in part_etags:
+        digest.update(bytes.fromhex(etag.strip('"')))
+    return f'"{digest.hexdigest()}-{len(part_etags)}"'
+
+
+def content_md5(body: bytes | bytearray | memoryview) -> str:
+    """Base64 MD5 for the Content-MD5 header: S3 rejects the upload if the bytes differ."""
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+def check_key(key: str) -> None:
+    """S3 keys are at most 1024 bytes of UTF-8; longer names are ENAMETOOLONG, not EIO."""
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        raise NameTooLongError(f"key of {len(key.encode())} bytes exceeds S3's 1024")
+
+
+def translate_client_error(exc: botocore.exceptions.ClientError, operation: str, key: str) -> Exception:
+    """Map a botocore ClientError onto the domain exceptions of errors.py."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    message = f"{operation} {key or '(bucket)'}: {code or status}: {error.get('Message', '')}"
+    cls: type[StoreError] = StoreError
+    if code in _NOT_FOUND:
+        cls = NotFoundError
+    elif code == "NoSuchBucket":
+        cls = NoSuchBucketError
+    elif code in _CREDENTIALS:
+        cls = CredentialsError
+    elif code in _DENIED:
+        cls = AccessDeniedError
+    elif code in {"PreconditionFailed", "412"}:
+        cls = PreconditionError
+    elif code == "EntityTooLarge":
+        cls = TooLargeError
+    elif code == "KeyTooLongError":
+        return NameTooLongError(message)
+    elif code in {"QuotaExceeded", "InsufficientCapacity"}:
+        return NoSpaceError(message)
+    elif code in _TRANSIENT or status >= 500:
+        cls = TransientError
+    elif code in _INTEGRITY:
+        cls = IntegrityError
+    return cls(message, code=code or str(status), operation=operation, key=key)
+
+
+def translate_error(exc: BaseException, operation: str, key: str) -> BaseException:
+    """Any exception from a boto3 call becomes a domain error (or stays as it is)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return translate_client_error(exc, operation, key)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return CredentialsError(f"{operation}: no usable AWS credentials: {exc}", code="NoCredentials")
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return TransientError(f"{operation} {key}: {type(exc).__name__}: {exc}", code=type(exc).__name__,
+                              operation=operation, key=key)
+    return exc
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError | IntegrityError)
+
+
+def make_client(s3: S3Config, mount: MountConfig) -> S3Client:
+    """Build the one boto3 client; done before trio.run because sessions are not thread-safe."""
+    config = BotoConfig(
+        region_name=s3.region or "us-east-1",
+        signature_version="s3v4" if s3.v4auth else "s3",
+        s3={
+            "addressing_style": "path" if s3.path_style() else "auto",
+            # Content-MD5 protects every body; SHA-256 of each payload would double the CPU
+            # cost of an upload on this path, and over https S3 skips it anyway.
+            "payload_signing_enabled": False,
+        },
+        max_pool_connections=mount.max_connections,
+        connect_timeout=mount.connect_timeout,
+        read_timeout=mount.read_timeout,
+        retries={"total_max_attempts": 1},
+        user_agent_extra=s3.useragent or None,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+    static = bool(s3.accesskey and s3.secretkey)  # else the default credential chain
+    session = boto3.session.Session(
+        aws_access_key_id=s3.accesskey if static else None,
+        aws_secret_access_key=s3.secretkey if static else None,
+    )
+    verify: bool | None = False if s3.skipverify else None
+    return session.client("s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify)
+
+
+def known_regions() -> list[str]:
+    """Every region botocore knows for S3, for the config's region check."""
+    session = boto3.session.Session()
+    regions: set[str] = set()
+    for partition in session.get_available_partitions():
+        regions.update(session.get_available_regions("s3", partition_name=partition))
+    return sorted(regions)
+
+
+class RequestStats:
+    """Counts of S3 requests by operation, retries and failures; for logs and benchmarks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.retries = 0
+        self.failures = 0
+
+    def count(self, operation: str) -> None:
+        with self._lock:
+            self.requests[operation] = self.requests.get(operation, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+
+class Store:
+    """Async S3 operations on one bucket, with the registry driver's write headers."""
+
+    def __init__(self, s3: S3Config, mount: MountConfig, client: S3Client | None = None) -> None:
+        self._s3 = s3
+        self._client = client if client is not None else make_client(s3, mount)
+        self._bucket = s3.bucket
+        self._attempts = mount.retry_attempts
+        self._retry_time = mount.retry_time
+        # Reads and writes wait on different things; separate pools keep one from starving the
+        # other. Together they never exceed the connection pool.
+        read_slots = max(1, mount.max_connections // 2)
+        self._read_limiter = trio.CapacityLimiter(read_slots)
+        self._write_limiter = trio.CapacityLimiter(max(1, mount.max_connections - read_slots))
+        self.write_slots = int(self._write_limiter.total_tokens)
+        self.read_slots = read_slots
+        self.stats = RequestStats()
+        self._write_args = self._object_write_args()
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    def _object_write_args(self) -> dict[str, str]:
+        """Headers of every object write, exactly as the registry's S3 driver sends them."""
+        args = {"ContentType": "application/octet-stream", "ACL": self._s3.objectacl}
+        if self._s3.storageclass != "NONE":
+            args["StorageClass"] = self._s3.storageclass
+        if self._s3.encrypt:
+            args["ServerSideEncryption"] = "aws:kms" if self._s3.keyid else "AES256"
+        if self._s3.keyid:
+            args["SSEKMSKeyId"] = self._s3.keyid
+        return args
+
+    async def _call(self, operation: str, key: str, fn: Callable[[], T], *, write: bool = False,
+                    on_retry: Callable[[BaseException], T | None] | None = None) -> T:
+        """Run `fn` in a worker thread with bounded, jittered retries of transient errors.
+
+        `on_retry(error)` is asked, after a retried attempt failed with a non-transient error,
+        whether an earlier attempt already took effect; a non-None answer is the result.
+        """
+        limiter = self._write_limiter if write else self._read_limiter
+        deadline = time.monotonic() + self._retry_time
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.count(operation)
+            try:
+                return await trio.to_thread.run_sync(fn, limiter=limiter)
+            except BaseException as raw:  # noqa: BLE001 - translated and re-raised below
+                if isinstance(raw, trio.Cancelled | KeyboardInterrupt):
+                    raise
+                exc = translate_error(raw, operation, key)
+            if attempt > 1 and on_retry is not None and not _is_retryable(exc):
+                recovered = on_retry(exc)
+                if recovered is not None:
+                    log.info("%s %s: an earlier attempt had taken effect (%s)", operation, key, exc)
+                    return recovered
+            delay = min(8.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if not _is_retryable(exc) or attempt >= self._attempts or time.monotonic() + delay > deadline:
+                if _is_retryable(exc):
+                    self.stats.failures += 1
+                raise exc
+            self.stats.retries += 1
+            log.warning("%s; retry %d of %d in %.2fs", exc, attempt, self._attempts - 1, delay)
+            await trio.sleep(delay)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo:
+        def work() -> ObjectInfo:
+            resp = self._client.head_object(Bucket=self._bucket, Key=key)
+            return ObjectInfo(key, resp["ContentLength"], resp["LastModified"].timestamp(),
+                              resp.get("ETag", ""))
+        return await self._call("HeadObject", key, work)
+
+    async def list_page(self, prefix: str, *, delimiter: str = "/", token: str | None = None,
+                        max_keys: int = 1000, start_after: str = "") -> ListPage:
+        """One page of ListObjectsV2. Keys come back URL-decoded (botocore asks for url encoding)."""
+        def work() -> ListPage:
+            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix, "MaxKeys": max_keys}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
+            if token:
+                kwargs["ContinuationToken"] = token
+            if start_after:
+                kwargs["StartAfter"] = start_after
+            resp = self._client.list_objects_v2(**kwargs)
+            objects = [ObjectInfo(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
+                       for o in resp.get("Contents", [])]
+            prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+            more = resp.get("IsTruncated", False)
+            return ListPage(objects, prefixes, resp.get("NextContinuationToken") if more else None)
+        return await self._call("ListObjectsV2", prefix, work)
+
+    async def list_all(self, prefix: str, *, delimiter: str = "/") -> tuple[list[ObjectInfo], list[str]]:
+        """Every page of a listing, concatenated."""
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        token: str | None = None
+        while True:
+            page = await self.list_page(prefix, delimiter=delimiter, token=token)
+            objects.extend(page.objects)
+            prefixes.extend(page.prefixes)
+            if page.next_token is None:
+                return objects, prefixes
+            token = page.next_token
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None,
+                  if_match: str = "") -> GetResult:
+        """GET the whole object, or bytes [start, end] inclusive, checked before returning.
+
+        A range that starts at or past the end of the object returns no bytes (S3 answers
+        416 InvalidRange); a short, overlong or misplaced body is an IntegrityError, retried.
+        """
+        def work() -> GetResult:
+            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
+            if start is not None:
+                kwargs["Range"] = f"bytes={start}-{'' if end is None else end}"
+            if if_match:
+                kwargs["IfMatch"] = if_match
+            try:
+                resp = self._client.get_object(**kwargs)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return GetResult(b"", -1, "")
+                raise
+            data = resp["Body"].read()
+            return _checked_get(key, resp, data, start, end)
+        return await self._call("GetObject", key, work)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def put(self, key: str, body: bytes | bytearray) -> str:
+        """PutObject with the registry headers and Content-MD5; returns the ETag."""
+        check_key(key)
+
+        def work() -> str:
+            resp = self._client.put_object(Bucket=self._bucket, Key=key, Body=body,
+                                           ContentMD5=content_md5(body), **self._write_args)
+            return str(resp.get("ETag", ""))
+        return await self._call("PutObject", key, work, write=True)
+
+    async def create_multipart(self, key: str) -> str:
+        check_key(key)
+
+        def work() -> str:
+            resp = self._client.create_multipart_upload(Bucket=self._bucket, Key=key, **self._write_args)
+            return str(resp["UploadId"])
+        return await self._call("CreateMultipartUpload", key, work, write=True)
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> str:
+        def work() -> str:
+            resp = self._client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
+                                            PartNumber=number, Body=body, ContentMD5=content_md5(body))
+            return str(resp["ETag"])
+        return await self._call("UploadPart", key, work, write=True)
+
+    async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
+                               first: int, last: int, if_match: str = "") -> str:
+        """Copy bytes [first, last] of `source_key` server-side into part `number`."""
+        def work() -> str:
+            kwargs: dict[str, Any] = {}
+            if if_match:
+                kwargs["CopySourceIfMatch"] = if_match
+            resp = self._client.upload_part_copy(
+                Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self._bucket, "Key": source_key},
+                CopySourceRange=f"bytes={first}-{last}", **kwargs)
+            return str(resp["CopyPartResult"]["ETag"])
+        return await self._call("UploadPartCopy", key, work, write=True)
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> str:
+        """Complete with parts 1..N; a retry that finds the upload gone checks the object."""
+        expected = multipart_etag(etags)
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+
+        def work() -> str:
+            resp = self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+            return str(resp.get("ETag") or expected)
+
+        def already_done(exc: BaseException) -> str | None:
+            if not (isinstance(exc, StoreError) and exc.code == "NoSuchUpload"):
+                return None
+            try:
+                head = self._client.head_object(Bucket=self._bucket, Key=key)
+            except botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError:
+                return None
+            return expected if head.get("ETag") == expected else None
+        return await self._call("CompleteMultipartUpload", key, work, write=True, on_retry=already_done)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        def work() -> None:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+
+        def already_done(exc: BaseException) -> None:
+            return None
+        try:
+            await self._call("AbortMultipartUpload", key, work, write=True, on_retry=already_done)
+        except StoreError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    async def copy(self, source_key: str, key: str) -> None:
+        """CopyObject with the registry headers (metadata directive COPY, as the driver)."""
+        check_key(key)
+
+        def work() -> None:
+            self._client.copy_object(Bucket=self._bucket, Key=key,
+                                     CopySource={"Bucket": self._bucket, "Key": source_key},
+                                     **self._write_args)
+        await self._call("CopyObject", key, work, write=True)
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject; S3 answers 204 whether or not the key existed, so retries are safe."""
+        def work() -> None:
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+        await self._call("DeleteObject", key, work, write=True)
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """DeleteObjects in batches of 1000; any per-key error fails the call."""
+        batch = list(keys)
+        for start in range(0, len(batch), DELETE_BATCH):
+            chunk = batch[start:start + DELETE_BATCH]
+            await self._delete_batch(chunk)
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        def work() -> list[dict[str, Any]]:
+            resp = self._client.delete_objects(
+                Bucket=self._bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+            return list(resp.get("Errors", []))
+        errors = await self._call("DeleteObjects", keys[0], work, write=True)
+        failed = [e for e in errors if e.get("Code") != "NoSuchKey"]
+        if failed:
+            first = failed[0]
+            raise translate_client_error(
+                botocore.exceptions.ClientError({"Error": first}, "DeleteObjects"),
+                "DeleteObjects", str(first.get("Key", "")))
+
+    # -- multipart bookkeeping (janitor, check) ------------------------------------------
+
+    async def list_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Every pending multipart upload under `prefix`, following pagination."""
+        uploads: list[PendingUpload] = []
+        key_marker = upload_marker = ""
+        while True:
+            page, key_marker, upload_marker = await self._list_uploads_page(prefix, key_marker, upload_marker)
+            uploads.extend(page)
+            if not key_marker and not upload_marker:
+                return uploads
+
+    async def _list_uploads_page(self, prefix: str, key_marker: str,
+                                 upload_marker: str) -> tuple[list[PendingUpload], str, str]:
+        def work() -> tuple[list[PendingUpload], str, str]:
+            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
+            if key_marker:
+                kwargs["KeyMarker"] = key_marker
+            if upload_marker:
+                kwargs["UploadIdMarker"] = upload_marker
+            resp = self._client.list_multipart_uploads(**kwargs)
+            page = [PendingUpload(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                    for u in resp.get("Uploads", [])]
+            if not resp.get("IsTruncated"):
+                return page, "", ""
+            return page, resp.get("NextKeyMarker", ""), resp.get("NextUploadIdMarker", "")
+        return await self._call("ListMultipartUploads", prefix, work)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[int]:
+        def work() -> list[int]:
+            resp = self._client.list_parts(Bucket=self._bucket, Key=key, UploadId=upload_id)
+            return [int(p["PartNumber"]) for p in resp.get("Parts", [])]
+        return await self._call("ListParts", key, work)
+
+    async def bucket_location(self) -> str:
+        def work() -> str:
+            resp = self._client.get_bucket_location(Bucket=self._bucket)
+            return str(resp.get("LocationConstraint") or "us-east-1")
+        return await self._call("GetBucketLocation", "", work)
+
+
+def _checked_get(key: str, resp: dict[str, Any], data: bytes, start: int | None,
+                 end: int | None) -> GetResult:
+    """Refuse a GET response whose status, length or range is not what was asked for."""
+    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    length = int(resp.get("ContentLength", len(data)))
+    etag = str(resp.get("ETag", ""))
+    if len(data) != length:
+        raise IntegrityError(f"GetObject {key}: body of {len(data)} bytes, Content-Length {length}",
+                             code="ShortBody", operation="GetObject", key=key)
+    if start is None:
+        if status != 200:
+            raise IntegrityError(f"GetObject {key}: status {status}", code="BadStatus",
+                                 operation="GetObject", key=key)
+        return GetResult(data, length, etag)
+    match = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange", "")))
+    if status == 200 and match is None and start == 0:
+        return GetResult(data, length, etag)  # server ignored the range but sent it all
+    if status != 206 or match is None:
+        raise IntegrityError(f"GetObject {key}: status {status}, Content-Range "
+                             f"{resp.get('ContentRange')!r} for a range request", code="BadRange",
+                             operation="GetObject", key=key)
+    first, last, total = int(match[1]), int(match[2]), match[3]
+    want_last = last if end is None else end
+    size = int(total) if total != "*" else last + 1
+    if first != start or (last != want_last and last != size - 1) or last - first + 1 != len(data):
+        raise IntegrityError(f"GetObject {key}: asked bytes {start}-{end}, got {first}-{last}",
+                             code="BadRange", operation="GetObject", key=key)
+    return GetResult(data, size, etag)

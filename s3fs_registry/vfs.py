@@ -1,0 +1,652 @@
+"""The file system's logic, free of pyfuse3: what each operation does to S3 and the namespace.
+
+fs.py translates FUSE requests into calls of `Filesystem` and its results back; tests drive
+`Filesystem` directly. Operations take and return plain values (`Attr`, names as `str`);
+POSIX refusals are `FsError(errno)`, S3 failures the store's domain errors.
+
+Concurrency (all on the trio thread; see doc/DEVELOPMENT.md): handlers interleave at every
+`await`. Each file being written has a `FileState` with a lock that serialises its writes,
+truncates, commits, unlink and rename, so that a commit never races a write and an unlink
+never races the upload it cancels. Namespace updates happen after the S3 request that
+justifies them, with no `await` between re-reading a node and changing it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from s3fs_registry.config import Config
+from s3fs_registry.errors import FsError
+from s3fs_registry.namespace import Entry, Listing, Namespace, Node
+from s3fs_registry.reader import ObjectReader, ReadContext
+from s3fs_registry.store import MAX_PARTS, Store, check_key
+from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
+
+log = logging.getLogger(__name__)
+
+Content = WriteSession | SpoolSession
+NAME_MAX = 255
+COPY_PARALLEL_KEYS = 16
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Attributes of one node, with how long the kernel may cache them."""
+
+    ino: int
+    is_dir: bool
+    size: int
+    mtime: float
+    ttl: float
+
+
+class FileState:
+    """Write state of a file while it has writable handles (or an uncommitted change)."""
+
+    def __init__(self) -> None:
+        self.content: Content | None = None
+        self.writers = 0
+        self.error: BaseException | None = None  # sticky until the last writer closes
+        self.lock = trio.Lock()
+
+    @property
+    def dirty(self) -> bool:
+        content = self.content
+        return content is not None and (isinstance(content, WriteSession) or content.dirty)
+
+
+@dataclass
+class Handle:
+    """One open file."""
+
+    node: Node
+    writable: bool
+    reader: ObjectReader | None = None
+
+
+class Filesystem:
+    """S3-backed operations on the namespace; see the module docstring."""
+
+    def __init__(self, config: Config, store: Store, writes: WriteContext, reads: ReadContext) -> None:
+        self.config = config
+        self.store = store
+        self.writes = writes
+        self.reads = reads
+        mount = config.mount
+        self.ns = Namespace(config.s3.key_prefix(), mount.metadata_ttl, mount.immutable_ttl,
+                            mount.negative_ttl)
+        self.dir_mtime = time.time()
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    # -- attributes and names ------------------------------------------------------------
+
+    def attr(self, node: Node) -> Attr:
+        ttl = 0.0 if node.detached else self.ns.ttl(self.ns.rel(node))
+        mtime = node.mtime if not node.is_dir else self.dir_mtime
+        return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
+
+    def _child_rel(self, parent: Node, name: str) -> str:
+        if not name or name in {".", ".."} or "/" in name or "\0" in name:
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        rel = self.ns.child_rel(parent, name)
+        check_key(self.ns.prefix + rel)
+        return rel
+
+    def _dir(self, ino: int) -> Node:
+        node = self.ns.get(ino)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    async def _resolve(self, parent: Node, name: str) -> Node | None:
+        """The child `name` of `parent`, from trusted beliefs or else from S3."""
+        rel = self._child_rel(parent, name)
+        node = parent.children.get(name)
+        if node is not None and self.ns.fresh(node):
+            return node
+        if self.ns.is_negative(rel):
+            return None
+        if self.ns.listing_fresh(parent):
+            assert parent.listing is not None
+            entry = parent.listing.entries.get(name)
+        elif parent.local and self.ns.fresh_local(parent):
+            entry = None  # made here moments ago: only what this mount put in it exists
+        else:
+            entry = await self._probe(self.ns.prefix + rel)
+        node = parent.children.get(name)  # re-read: the probe awaited
+        if node is not None and (node.local or node.file is not None):
+            return node
+        if entry is None:
+            if node is not None:
+                self.ns.detach(node)
+            self.ns.set_negative(rel)
+            return None
+        return self.ns.attach(parent, name, entry)
+
+    async def _probe(self, key: str) -> Entry | None:
+        """Is `key` a file, a directory (some key under `key/`), or nothing? One LIST, usually.
+
+        Listing with prefix `key` and delimiter "/" returns the object `key` itself and rolls
+        everything under `key/` into one common prefix; only siblings whose names extend
+        `key` with a character sorting before "/" can push that prefix to a later page.
+        A directory wins over a file of the same name.
+        """
+        file_entry: Entry | None = None
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(key, token=token)
+            for obj in page.objects:
+                if obj.key == key:
+                    file_entry = Entry(False, obj.size, obj.mtime, obj.etag)
+            if key + "/" in page.prefixes:
+                return Entry(True, 0, self.dir_mtime)
+            last = max([o.key for o in page.objects] + page.prefixes, default="")
+            if page.next_token is None or last > key + "/":
+                return file_entry
+            token = page.next_token
+
+    async def lookup(self, parent_ino: int, name: str) -> Attr:
+        node = await self._resolve(self._dir(parent_ino), name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        self.ns.remember_lookup(node)
+        return self.attr(node)
+
+    async def getattr(self, ino: int) -> Attr:
+        node = self.ns.get(ino)
+        if node.parent is not None and not node.detached and not self.ns.fresh(node):
+            found = await self._resolve(node.parent, node.name)
+            if found is not node:
+                raise FsError(errno.ENOENT, "gone from S3")
+        return self.attr(node)
+
+    def forget(self, pairs: Iterable[tuple[int, int]]) -> None:
+        for ino, count in pairs:
+            self.ns.forget(ino, count)
+
+    # -- directories ---------------------------------------------------------------------
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+        parent = self._dir(parent_ino)
+        if await self._resolve(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        node = self.ns.new_local(parent, name, True, self.dir_mtime)
+        self.ns.remember_lookup(node)
+        return self.attr(node)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self._dir(parent_ino)
+        known = parent.children.get(name)
+        node = await self._resolve(parent, name)
+        if node is None and known is not None and known.is_dir:
+            node = known  # emptied by its last unlink: S3 no longer shows it, the kernel does
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        await self._require_empty(node)
+        self.ns.forget_entry(parent, name)
+        self.ns.detach(node)
+
+    async def _require_empty(self, node: Node) -> None:
+        """ENOTEMPTY unless `node` has no children here or in S3; deletes a `dir/` marker."""
+        if any(True for _ in self.ns.local_children(node)):
+            raise FsError(errno.ENOTEMPTY)
+        prefix = self.ns.dir_prefix(node)
+        page = await self.store.list_page(prefix, max_keys=2)
+        if page.prefixes or any(o.key != prefix for o in page.objects):
+            raise FsError(errno.ENOTEMPTY)
+        if page.objects:
+            await self.store.delete(prefix)  # a marker object written by another tool
+
+    async def list_dir(self, ino: int) -> list[tuple[str, Entry]]:
+        """A snapshot of the directory for one opendir: S3's listing merged with local state."""
+        node = self._dir(ino)
+        if not self.ns.listing_fresh(node):
+            node.listing = await self._fetch_listing(node)
+        assert node.listing is not None
+        entries = dict(node.listing.entries)
+        for name, child in self.ns.local_children(node):
+            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
+        return sorted(entries.items())
+
+    async def _fetch_listing(self, node: Node) -> Listing:
+        prefix = self.ns.dir_prefix(node)
+        objects, prefixes = await self.store.list_all(prefix)
+        entries: dict[str, Entry] = {}
+        for obj in objects:
+            name = obj.key[len(prefix):]
+            if _listable(name):
+                entries[name] = Entry(False, obj.size, obj.mtime, obj.etag)
+        for common in prefixes:
+            name = common[len(prefix):-1]
+            if _listable(name):
+                entries[name] = Entry(True, 0, self.dir_mtime)
+        return Listing(entries, self.ns.clock())
+
+    def entry_node(self, parent_ino: int, name: str, entry: Entry) -> Node:
+        """The node for a readdir entry, attributes taken from the listing (no HEAD)."""
+        parent = self.ns.get(parent_ino)
+        node = parent.children.get(name)
+        if node is not None and (node.local or node.file is not None):
+            return node
+        return self.ns.attach(parent, name, entry)
+
+    # -- files: open, read, write, commit ------------------------------------------------
+
+    async def create(self, parent_ino: int, name: str) -> tuple[int, Attr]:
+        parent = self._dir(parent_ino)
+        self._child_rel(parent, name)
+        node = self.ns.new_local(parent, name, False, time.time())
+        state = FileState()
+        state.content = WriteSession(self.writes, self.ns.key(node), None)
+        node.file = state
+        self.ns.remember_lookup(node)
+        return self._open_handle(node, True), self.attr(node)
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open for reading or writing; returns the handle and whether to keep the page cache."""
+        node = self.ns.get(ino)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable and node.file is None and not self.ns.fresh(node):
+            await self.getattr(ino)  # an append must start from the size S3 has now
+        fh = self._open_handle(node, writable)
+        if writable and flags & os.O_TRUNC:
+            await self.truncate(node, 0)
+        immutable = self.ns.ttl(self.ns.rel(node)) == self.ns.immutable_ttl and not writable
+        return fh, immutable and node.file is None
+
+    def _open_handle(self, node: Node, writable: bool) -> int:
+        if writable:
+            if node.file is None:
+                node.file = FileState()
+            node.file.writers += 1
+        node.opens += 1
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        self.handles[fh] = Handle(node, writable)
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        return handle
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        node = handle.node
+        if node.detached:
+            raise FsError(errno.ESTALE, "file was removed while open")
+        state = node.file
+        if state is not None and state.content is not None:
+            async with state.lock:
+                if isinstance(state.content, SpoolSession):
+                    return await state.content.read(offset, size)
+                await self._commit_locked(node, state)  # read what was written, from S3
+        key = self.ns.key(node)
+        reader = handle.reader
+        if reader is None or reader.key != key or reader.size != node.size:
+            if reader is not None:
+                reader.close()
+            reader = handle.reader = ObjectReader(self.reads, key, node.size, node.etag)
+        return await reader.read(offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._handle(fh)
+        node, state = handle.node, handle.node.file
+        if not handle.writable or state is None:
+            raise FsError(errno.EBADF)
+        async with state.lock:
+            if state.error is not None:
+                raise state.error
+            if node.detached:
+                return len(data)  # an unlinked file's bytes go nowhere, as on any file system
+            content = await self._content_for(node, state, offset)
+            await content.write(offset, data)
+            node.size, node.mtime = content.size, time.time()
+        return len(data)
+
+    async def _content_for(self, node: Node, state: FileState, offset: int) -> Content:
+        """The session that can take a write at `offset`: stream if possible, else spool."""
+        content = state.content
+        if content is None:
+            content = state.content = WriteSession(self.writes, self.ns.key(node), self._base(node))
+        if isinstance(content, WriteSession) and offset > content.size:
+            await content.extend(offset)
+        if not content.accepts(offset):
+            content = await self._to_spool(node, state)
+        return content
+
+    def _base(self, node: Node) -> Base | None:
+        return Base(self.ns.key(node), node.size, node.etag) if node.in_s3 and node.size else None
+
+    async def _to_spool(self, node: Node, state: FileState) -> SpoolSession:
+        """Move the file's content to a local spool file (non-sequential writes)."""
+        content = state.content
+        if isinstance(content, SpoolSession):
+            return content
+        data = await content.content() if content is not None else None
+        if content is not None and data is None:
+            await self._commit_locked(node, state)  # parts are in S3: finish, then fetch back
+            content = None
+        key = self.ns.key(node)
+        base = None if content is not None else self._base(node)
+        spool = await SpoolSession.create(self.writes, key, data, base)
+        if content is not None:
+            content.abort()
+        spool.dirty = content is not None
+        state.content = spool
+        log.debug("%s: non-sequential write, spooling %d bytes locally", key, spool.size)
+        return spool
+
+    async def truncate(self, node: Node, size: int) -> None:
+        """Set the file's size; committed at once when no handle will commit it later."""
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        state = node.file
+        transient = state is None
+        if state is None:
+            state = node.file = FileState()
+        try:
+            async with state.lock:
+                await self._truncate_locked(node, state, size)
+                if transient:
+                    await self._commit_locked(node, state)
+        finally:
+            if transient:
+                await self._close_state(node, state)
+
+    async def _truncate_locked(self, node: Node, state: FileState, size: int) -> None:
+        content = state.content
+        current = content.size if content is not None else node.size
+        if size == current and content is not None:
+            return
+        if size == 0:
+            if content is not None:
+                _discard(content)
+            state.content = WriteSession(self.writes, self.ns.key(node), None)
+        elif isinstance(content, WriteSession) and size > current:
+            await content.extend(size)
+        elif size != current:
+            spool = await self._to_spool(node, state)
+            await spool.truncate(size)
+        node.size, node.mtime = size, time.time()
+
+    async def _commit_locked(self, node: Node, state: FileState) -> None:
+        """Upload the pending change of `node`, if any, and record the result."""
+        content = state.content
+        if content is None or not state.dirty:
+            return
+        if node.detached:
+            _discard(content)
+            state.content = None
+            return
+        try:
+            committed = await content.commit()
+        except BaseException as exc:
+            state.error = exc
+            if isinstance(content, WriteSession):
+                state.content = None
+            raise
+        if isinstance(content, WriteSession):
+            state.content = None
+        self._note_committed(node, committed.size, committed.etag)
+
+    def _note_committed(self, node: Node, size: int, etag: str) -> None:
+        node.size, node.etag, node.mtime = size, etag, time.time()
+        node.in_s3, node.local, node.checked = True, False, self.ns.clock()
+        parent = node.parent
+        while parent is not None and parent.local and parent is not self.ns.root:
+            parent.local = False  # the directory now exists in S3 through this file
+            parent.checked = self.ns.clock()
+            parent = parent.parent
+        if node.parent is not None:
+            self.ns.note_entry(node.parent, node.name, Entry(False, size, node.mtime, etag))
+        self.ns.clear_negative_under(self.ns.rel(node))
+
+    async def flush(self, fh: int) -> None:
+        """close(): a writable handle reports the upload's outcome here."""
+        handle = self._handle(fh)
+        if handle.writable:
+            await self._commit_state(handle.node)
+
+    async def fsync(self, fh: int) -> None:
+        await self._commit_state(self._handle(fh).node)
+
+    async def _commit_state(self, node: Node) -> None:
+        state = node.file
+        if state is None:
+            return
+        async with state.lock:
+            if state.error is not None:
+                raise state.error
+            await self._commit_locked(node, state)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        node = handle.node
+        if handle.reader is not None:
+            handle.reader.close()
+        state = node.file
+        if handle.writable and state is not None:
+            state.writers -= 1
+            if state.writers == 0:
+                await self._close_state(node, state)
+        self.ns.release_open(node)
+
+    async def _close_state(self, node: Node, state: FileState) -> None:
+        """The last writer is gone: commit what flush did not (errors can only be logged)."""
+        async with state.lock:
+            try:
+                if state.error is None:
+                    await self._commit_locked(node, state)
+            except Exception as exc:
+                log.error("%s: upload at close failed: %s", self.ns.key(node), exc)
+            finally:
+                if state.content is not None:
+                    _discard(state.content)
+                    state.content = None
+                if state.writers == 0 and node.file is state:
+                    node.file = None
+
+    # -- unlink and rename ---------------------------------------------------------------
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self._dir(parent_ino)
+        node = await self._resolve(parent, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        state = node.file
+        if state is not None:
+            async with state.lock:
+                await self._unlink_locked(parent, node)
+        else:
+            await self._unlink_locked(parent, node)
+
+    async def _unlink_locked(self, parent: Node, node: Node) -> None:
+        state = node.file
+        if state is not None and state.content is not None:
+            _discard(state.content)
+            state.content = None
+        if node.in_s3 or not node.local:
+            await self.store.delete(self.ns.key(node))
+        if parent.children.get(node.name) is node:
+            self.ns.forget_entry(parent, node.name)
+        self.ns.detach(node)
+
+    async def rename(self, old_ino: int, old_name: str, new_ino: int, new_name: str,
+                     noreplace: bool) -> None:
+        old_parent, new_parent = self._dir(old_ino), self._dir(new_ino)
+        src = await self._resolve(old_parent, old_name)
+        if src is None:
+            raise FsError(errno.ENOENT)
+        dst = await self._resolve(new_parent, new_name)
+        if dst is src:
+            return
+        if dst is not None:
+            if noreplace:
+                raise FsError(errno.EEXIST)
+            if src.is_dir and not dst.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if dst.is_dir and not src.is_dir:
+                raise FsError(errno.EISDIR)
+            if dst.is_dir:
+                await self._require_empty(dst)
+        self._child_rel(new_parent, new_name)
+        if src.is_dir:
+            await self._rename_dir(src, new_parent, new_name)
+        else:
+            await self._rename_file(src, new_parent, new_name)
+
+    async def _rename_file(self, src: Node, new_parent: Node, new_name: str) -> None:
+        state = src.file
+        if state is None:
+            await self._move_file(src, new_parent, new_name)
+            return
+        async with state.lock:
+            if state.error is not None:
+                raise state.error
+            content = state.content
+            dst_key = self.ns.prefix + self.ns.child_rel(new_parent, new_name)
+            if isinstance(content, WriteSession) and content.retarget(dst_key):
+                await self._commit_renamed(src, state, content, new_parent, new_name)
+                return
+            await self._commit_locked(src, state)
+            await self._move_file(src, new_parent, new_name)
+            if isinstance(state.content, SpoolSession):
+                state.content.key = self.ns.key(src)
+
+    async def _commit_renamed(self, src: Node, state: FileState, content: WriteSession,
+                              new_parent: Node, new_name: str) -> None:
+        """A file never uploaded under its old name goes straight to the new one."""
+        old_key, had_object = self.ns.key(src), src.in_s3
+        try:
+            committed = await content.commit()
+        except BaseException as exc:
+            state.error, state.content = exc, None
+            raise
+        state.content = None
+        if had_object:
+            await self.store.delete(old_key)
+        old_parent, old_name = src.parent, src.name
+        assert old_parent is not None
+        self.ns.move(src, new_parent, new_name)
+        self.ns.forget_entry(old_parent, old_name)
+        self._note_committed(src, committed.size, committed.etag)
+
+    async def _move_file(self, src: Node, new_parent: Node, new_name: str) -> None:
+        """Server-side copy to the new key, then delete the old one; the node follows."""
+        src_key = self.ns.key(src)
+        dst_key = self.ns.prefix + self.ns.child_rel(new_parent, new_name)
+        if src.in_s3 or not src.local:
+            size = src.size if self.ns.fresh(src) else (await self.store.head(src_key)).size
+            await self.copy_object(src_key, dst_key, size)
+            await self.store.delete(src_key)
+            src.size = size
+        old_parent, old_name = src.parent, src.name
+        assert old_parent is not None
+        self.ns.move(src, new_parent, new_name)
+        self.ns.forget_entry(old_parent, old_name)
+        src.checked = self.ns.clock()
+        self.ns.note_entry(new_parent, new_name, Entry(False, src.size, src.mtime, src.etag))
+
+    async def copy_object(self, src_key: str, dst_key: str, size: int) -> None:
+        """CopyObject up to the threshold, else parallel UploadPartCopy (the driver's `copy`)."""
+        s3 = self.config.s3
+        if size <= s3.multipartcopythresholdsize:
+            await self.store.copy(src_key, dst_key)
+            return
+        chunk = max(s3.multipartcopychunksize, -(-size // MAX_PARTS))
+        upload_id = await self.store.create_multipart(dst_key)
+        etags: dict[int, str] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for number, first in enumerate(range(0, size, chunk), start=1):
+                    last = min(size, first + chunk) - 1
+                    nursery.start_soon(self._copy_part, dst_key, upload_id, number, src_key,
+                                       first, last, etags)
+            await self.store.complete_multipart(dst_key, upload_id, [etags[n] for n in sorted(etags)])
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.abort_multipart(dst_key, upload_id)
+                except Exception as exc:
+                    log.warning("could not abort copy of %s: %s", dst_key, exc)
+            raise
+
+    async def _copy_part(self, key: str, upload_id: str, number: int, src_key: str, first: int,
+                         last: int, etags: dict[int, str]) -> None:
+        async with self.writes.copy_limiter:
+            etags[number] = await self.store.upload_part_copy(key, upload_id, number, src_key,
+                                                              first, last)
+
+    async def _rename_dir(self, src: Node, new_parent: Node, new_name: str) -> None:
+        """Commit pending files under `src`, copy every key to the new prefix, delete the old."""
+        for node in list(self.ns.descendants(src)):
+            if node.file is not None:
+                await self._commit_state(node)
+        src_prefix = self.ns.dir_prefix(src)
+        dst_prefix = self.ns.prefix + self.ns.child_rel(new_parent, new_name) + "/"
+        objects, _ = await self.store.list_all(src_prefix, delimiter="")
+        limiter = trio.CapacityLimiter(COPY_PARALLEL_KEYS)
+
+        async def move_one(src_key: str, size: int) -> None:
+            async with limiter:
+                await self.copy_object(src_key, dst_prefix + src_key[len(src_prefix):], size)
+
+        async with trio.open_nursery() as nursery:
+            for obj in objects:
+                nursery.start_soon(move_one, obj.key, obj.size)
+        await self.store.delete_many(o.key for o in objects)
+        old_parent, old_name = src.parent, src.name
+        assert old_parent is not None
+        self.ns.move(src, new_parent, new_name)
+        self.ns.forget_entry(old_parent, old_name)
+        self.ns.note_entry(new_parent, new_name, Entry(True, 0, self.dir_mtime))
+        for node in [src, *self.ns.descendants(src)]:
+            node.listing = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def commit_all(self) -> int:
+        """Commit every pending change (unmount, SIGTERM); returns how many failed."""
+        failures = 0
+        for node in list(self.ns.nodes.values()):
+            state = node.file
+            if state is None or not state.dirty:
+                continue
+            try:
+                await self._commit_state(node)
+                log.info("committed %s at shutdown", self.ns.key(node))
+            except Exception as exc:
+                failures += 1
+                log.error("%s: pending upload failed at shutdown: %s", self.ns.key(node), exc)
+        return failures
+
+
+def _listable(name: str) -> bool:
+    """Names that can appear in a directory: not empty (keys like `a//b`), not . or .., short."""
+    return bool(name) and name not in {".", ".."} and len(name.encode()) <= NAME_MAX
+
+
+def _discard(content: Content) -> None:
+    if isinstance(content, WriteSession):
+        content.abort()
+    else:
+        content.close()
