@@ -88,8 +88,10 @@ class SpoolBudget:
 
     def grow(self, nbytes: int) -> None:
         if nbytes > 0 and self.used + nbytes > self.limit:
-            raise NoSpaceError(f"local spool limit of {self.limit} bytes reached "
-                               f"({self.used} in use, {nbytes} more needed)")
+            raise NoSpaceError(
+                f"local spool limit of {self.limit} bytes reached "
+                f"({self.used} in use, {nbytes} more needed)"
+            )
         self.used += nbytes
 
     def shrink(self, nbytes: int) -> None:

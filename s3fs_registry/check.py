@@ -21,8 +21,14 @@ from s3fs_registry.store import Store
 log = logging.getLogger(__name__)
 
 PERMISSIONS = (
-    "ListBucket", "GetBucketLocation", "ListBucketMultipartUploads", "PutObject",
-    "GetObject", "DeleteObject", "ListMultipartUploadParts", "AbortMultipartUpload",
+    "ListBucket",
+    "GetBucketLocation",
+    "ListBucketMultipartUploads",
+    "PutObject",
+    "GetObject",
+    "DeleteObject",
+    "ListMultipartUploadParts",
+    "AbortMultipartUpload",
 )
 FAKE_UPLOAD_ID = "s3fs-registry-check-no-such-upload"
 
@@ -49,10 +55,14 @@ class PermissionCheck:
 
     async def run(self) -> list[Outcome]:
         probes: list[tuple[str, Callable[[], Awaitable[str]]]] = [
-            ("ListBucket", self._list), ("GetBucketLocation", self._location),
-            ("ListBucketMultipartUploads", self._list_uploads), ("PutObject", self._put),
-            ("GetObject", self._get), ("ListMultipartUploadParts", self._list_parts),
-            ("AbortMultipartUpload", self._abort), ("DeleteObject", self._delete),
+            ("ListBucket", self._list),
+            ("GetBucketLocation", self._location),
+            ("ListBucketMultipartUploads", self._list_uploads),
+            ("PutObject", self._put),
+            ("GetObject", self._get),
+            ("ListMultipartUploadParts", self._list_parts),
+            ("AbortMultipartUpload", self._abort),
+            ("DeleteObject", self._delete),
         ]
         for permission, probe in probes:
             await self._try(permission, probe)
@@ -132,5 +142,6 @@ def format_table(outcomes: list[Outcome]) -> str:
     width = max(len(f"s3:{o.permission}") for o in outcomes)
     lines = [f"{'permission':<{width}}  result   detail"]
     for o in outcomes:
-        lines.append(f"{'s3:' + o.permission:<{width}}  {'granted' if o.granted else 'MISSING':<7}  {o.detail}")
+        result = "granted" if o.granted else "MISSING"
+        lines.append(f"{'s3:' + o.permission:<{width}}  {result:<7}  {o.detail}")
     return "\n".join(lines)

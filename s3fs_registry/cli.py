@@ -20,10 +20,12 @@ from collections.abc import Sequence
 
 import trio
 
-from s3fs_registry import __version__
+from s3fs_registry import __version__, daemon
+from s3fs_registry.check import PermissionCheck, format_table
 from s3fs_registry.config import Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
 from s3fs_registry.log import setup_logging
+from s3fs_registry.store import Store, known_regions
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,18 @@ READY_TIMEOUT_S = 300.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3fs-registry",
-        description="Mount an S3 bucket prefix for an unmodified container registry.")
+        description="Mount an S3 bucket prefix for an unmodified container registry.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     mount = sub.add_parser("mount", help="mount the bucket prefix on MOUNTPOINT")
     _add_config(mount)
-    mount.add_argument("--foreground", "-f", action="store_true",
-                       help="stay attached (systemd, tests); logs go to stderr")
+    mount.add_argument(
+        "--foreground",
+        "-f",
+        action="store_true",
+        help="stay attached (systemd, tests); logs go to stderr",
+    )
     mount.add_argument("--notify-fd", type=int, default=-1, help=argparse.SUPPRESS)
     mount.add_argument("mountpoint")
     check = sub.add_parser("check", help="validate the configuration and probe the S3 permissions")
@@ -50,11 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     default = os.environ.get("S3FS_REGISTRY_CONFIG") or (
-        DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    parser.add_argument("--config", "-c", default=default,
-                        help="YAML file in the registry's shape (default: $S3FS_REGISTRY_CONFIG or "
-                             f"{DEFAULT_CONFIG}; environment variables REGISTRY_STORAGE_S3_* and "
-                             "REGISTRY_MOUNT_* override it)")
+        DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=default,
+        help="YAML file in the registry's shape (default: $S3FS_REGISTRY_CONFIG or "
+        f"{DEFAULT_CONFIG}; environment variables REGISTRY_STORAGE_S3_* and "
+        "REGISTRY_MOUNT_* override it)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str | None) -> Config:
-    from s3fs_registry.store import known_regions  # boto3 import only when needed
-
     return load_config(path, os.environ, known_regions())
 
 
@@ -95,16 +105,17 @@ def _mount(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
-    from s3fs_registry import daemon
-
     mount = config.mount
-    setup_logging(mount.log_level, mount.log_file, syslog=notify_fd >= 0,
-                  secrets=[config.s3.secretkey])
+    setup_logging(
+        mount.log_level, mount.log_file, syslog=notify_fd >= 0, secrets=[config.s3.secretkey]
+    )
     for warning in config.warnings:
         log.warning("%s", warning)
     if config.s3.skipverify:
-        log.warning("storage.s3.skipverify is true: TLS certificates of %s are NOT verified",
-                    config.s3.endpoint_url() or "S3")
+        log.warning(
+            "storage.s3.skipverify is true: TLS certificates of %s are NOT verified",
+            config.s3.endpoint_url() or "S3",
+        )
 
     def ready() -> None:
         _tell_parent(notify_fd, "READY")
@@ -135,13 +146,27 @@ def _tell_parent(fd: int, line: str) -> None:
 def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
     """Start `mount --foreground` detached and wait until it reports READY or an error."""
     read_fd, write_fd = os.pipe()
-    command = [sys.executable, "-m", "s3fs_registry", "mount", "--foreground",
-               "--notify-fd", str(write_fd), mountpoint]
+    command = [
+        sys.executable,
+        "-m",
+        "s3fs_registry",
+        "mount",
+        "--foreground",
+        "--notify-fd",
+        str(write_fd),
+        mountpoint,
+    ]
     if args.config:
         command[4:4] = ["--config", os.path.abspath(args.config)]
     with open(os.devnull, "r+b") as devnull:
-        child = subprocess.Popen(command, stdin=devnull, stdout=devnull, stderr=devnull,
-                                 pass_fds=(write_fd,), start_new_session=True)
+        child = subprocess.Popen(
+            command,
+            stdin=devnull,
+            stdout=devnull,
+            stderr=devnull,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         line = pipe.readline().decode(errors="replace").strip()
@@ -156,26 +181,24 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
 
 
 def _check(config: Config) -> int:
-    from s3fs_registry.check import PermissionCheck, format_table
-    from s3fs_registry.daemon import EXIT_PERMISSION, verify_bucket
-    from s3fs_registry.store import Store
-
     setup_logging("warning", secrets=[config.s3.secretkey])
     store = Store(config.s3, config.mount)
 
     async def probe() -> int:
         try:
-            await verify_bucket(store, config)
+            await daemon.verify_bucket(store, config)
         except StartupError as exc:
-            if exc.exit_code != EXIT_PERMISSION:  # a refused ListBucket shows in the table
+            if exc.exit_code != daemon.EXIT_PERMISSION:  # a refused ListBucket shows in the table
                 raise
         check = PermissionCheck(store, config)
         try:
             outcomes = await check.run()
         finally:
             await check.cleanup()
-        print(f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
-              f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}")
+        print(
+            f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
+            f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}"
+        )
         print(format_table(outcomes))
         missing = [o.permission for o in outcomes if not o.granted]
         if missing:
@@ -188,4 +211,3 @@ def _check(config: Config) -> int:
         return trio.run(probe)
     except StoreError as exc:
         return _fail(f"check failed: {exc}", 1)
-

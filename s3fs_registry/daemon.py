@@ -71,14 +71,21 @@ async def verify_bucket(store: Store, config: Config) -> None:
     try:
         await store.list_page(s3.key_prefix(), max_keys=1)
     except NoSuchBucketError:
-        raise StartupError(f"bucket {s3.bucket!r} does not exist at {endpoint}", EXIT_NO_BUCKET) from None
+        raise StartupError(
+            f"bucket {s3.bucket!r} does not exist at {endpoint}", EXIT_NO_BUCKET
+        ) from None
     except CredentialsError as exc:
-        raise StartupError(f"S3 rejected the credentials ({exc.code}); check storage.s3.accesskey "
-                           f"and storage.s3.secretkey or the AWS credential chain", EXIT_CREDENTIALS) from None
+        raise StartupError(
+            f"S3 rejected the credentials ({exc.code}); check storage.s3.accesskey "
+            f"and storage.s3.secretkey or the AWS credential chain",
+            EXIT_CREDENTIALS,
+        ) from None
     except AccessDeniedError as exc:
-        raise StartupError(f"permission s3:ListBucket refused on {where} ({exc.code}); see "
-                           f"`s3fs-registry check` for every permission the registry needs",
-                           EXIT_PERMISSION) from None
+        raise StartupError(
+            f"permission s3:ListBucket refused on {where} ({exc.code}); see "
+            f"`s3fs-registry check` for every permission the registry needs",
+            EXIT_PERMISSION,
+        ) from None
     except TransientError as exc:
         raise StartupError(f"cannot reach S3 at {endpoint}: {exc}", EXIT_UNREACHABLE) from None
     except StoreError as exc:
@@ -99,15 +106,26 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: 
     return trio.run(_serve, config, store, mountpoint, on_ready)
 
 
-async def _serve(config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None]) -> int:
+async def _serve(
+    config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None]
+) -> int:
     await verify_bucket(store, config)
     mount = config.mount
     async with trio.open_nursery() as background:
         budget = MemoryBudget(mount.memory_budget, max(mount.small_file_size, 1 << 20))
-        writes = WriteContext(store, budget, SpoolBudget(mount.spool_limit), background,
-                              config.s3.chunksize, mount.spool_dir, config.s3.multipartcopychunksize,
-                              config.s3.multipartcopymaxconcurrency)
-        reads = ReadContext(store, budget.parts, background, mount.small_file_size, mount.read_ahead)
+        writes = WriteContext(
+            store,
+            budget,
+            SpoolBudget(mount.spool_limit),
+            background,
+            config.s3.chunksize,
+            mount.spool_dir,
+            config.s3.multipartcopychunksize,
+            config.s3.multipartcopymaxconcurrency,
+        )
+        reads = ReadContext(
+            store, budget.parts, background, mount.small_file_size, mount.read_ahead
+        )
         fs = Filesystem(config, store, writes, reads)
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
         try:
@@ -116,13 +134,19 @@ async def _serve(config: Config, store: Store, mountpoint: str, on_ready: Callab
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         code = await _serve_mounted(fs, background, mountpoint, on_ready)
         background.cancel_scope.cancel()
-    log.info("S3 requests: %d (%d retries, %d failed after retries): %s", store.stats.total(),
-             store.stats.retries, store.stats.failures, store.stats.requests)
+    log.info(
+        "S3 requests: %d (%d retries, %d failed after retries): %s",
+        store.stats.total(),
+        store.stats.retries,
+        store.stats.failures,
+        store.stats.requests,
+    )
     return code
 
 
-async def _serve_mounted(fs: Filesystem, background: trio.Nursery, mountpoint: str,
-                         on_ready: Callable[[], None]) -> int:
+async def _serve_mounted(
+    fs: Filesystem, background: trio.Nursery, mountpoint: str, on_ready: Callable[[], None]
+) -> int:
     try:
         background.start_soon(_terminate_on_signal)
         log.info("mounted %s", mountpoint)

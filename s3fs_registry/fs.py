@@ -17,9 +17,8 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import cast
 
 import pyfuse3
 
@@ -44,8 +43,13 @@ async def fuse_errors(operation: str) -> AsyncIterator[None]:
         raise
     except S3fsError as exc:
         code = to_errno(exc)
-        log.log(exc.level if code != errno.EIO else logging.WARNING, "%s: %s (%s)",
-                operation, exc, errno.errorcode.get(code, code))
+        log.log(
+            exc.level if code != errno.EIO else logging.WARNING,
+            "%s: %s (%s)",
+            operation,
+            exc,
+            errno.errorcode.get(code, code),
+        )
         raise pyfuse3.FUSEError(code) from None
     except OSError as exc:
         log.warning("%s: %s", operation, exc)
@@ -82,12 +86,14 @@ class S3Operations(pyfuse3.Operations):
 
     def entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         out = pyfuse3.EntryAttributes()
-        out.st_ino = cast(pyfuse3.InodeT, attr.ino)
+        out.st_ino = attr.ino
         out.generation = 0
         out.entry_timeout = attr.ttl
         out.attr_timeout = attr.ttl
-        kind, perm = (stat.S_IFDIR, self._dir_mode) if attr.is_dir else (stat.S_IFREG, self._file_mode)
-        out.st_mode = cast(pyfuse3.ModeT, kind | perm)
+        kind, perm = (
+            (stat.S_IFDIR, self._dir_mode) if attr.is_dir else (stat.S_IFREG, self._file_mode)
+        )
+        out.st_mode = kind | perm
         out.st_nlink = 1  # 1 tells find not to trust link counts for leaf detection
         out.st_uid, out.st_gid = self._uid, self._gid
         out.st_size = attr.size
@@ -99,33 +105,42 @@ class S3Operations(pyfuse3.Operations):
 
     # -- names and attributes ------------------------------------------------------------
 
-    async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("lookup"):
             return self.entry(await self.fs.lookup(parent_inode, _name(name)))
         raise AssertionError("unreachable")
 
-    async def forget(self, inode_list: list[tuple[pyfuse3.InodeT, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         try:
             self.fs.forget(inode_list)
         except Exception:  # forget may not raise at all
             log.exception("forget failed")
 
-    async def getattr(self, inode: pyfuse3.InodeT,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("getattr"):
             return self.entry(await self.fs.getattr(inode))
         raise AssertionError("unreachable")
 
-    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("setattr"):
             node = self.fs.ns.get(inode)
             current = self.entry(self.fs.attr(node))
-            if (fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(current.st_mode)
-                    or fields.update_uid and attr.st_uid != self._uid
-                    or fields.update_gid and attr.st_gid != self._gid):
+            if (
+                (fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(current.st_mode))
+                or (fields.update_uid and attr.st_uid != self._uid)
+                or (fields.update_gid and attr.st_gid != self._gid)
+            ):
                 raise FsError(errno.EPERM, "mode and ownership are set for the whole mount")
             if fields.update_size:
                 await self.fs.truncate(node, attr.st_size)
@@ -135,35 +150,45 @@ class S3Operations(pyfuse3.Operations):
 
     # -- directories ---------------------------------------------------------------------
 
-    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("mkdir"):
             return self.entry(await self.fs.mkdir(parent_inode, _name(name)))
         raise AssertionError("unreachable")
 
-    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                    ctx: pyfuse3.RequestContext) -> None:
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
         async with fuse_errors("rmdir"):
             await self.fs.rmdir(parent_inode, _name(name))
 
-    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
         async with fuse_errors("opendir"):
             entries = await self.fs.list_dir(inode)
             fh, self._next_dir = self._next_dir, self._next_dir + 1
             self._dirs[fh] = (inode, entries)
-            return cast(pyfuse3.FileHandleT, fh)
+            return fh
         raise AssertionError("unreachable")
 
-    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
-                      token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
         """Offsets are indexes into the opendir snapshot, so they stay stable."""
         async with fuse_errors("readdir"):
             parent, entries = self._dirs.get(fh, (0, []))
             for index in range(start_id, len(entries)):
                 name, entry = entries[index]
                 node = self.fs.entry_node(parent, name, entry)
-                if not pyfuse3.readdir_reply(token, cast(pyfuse3.FileNameT, name.encode()),
-                                             self.entry(self.fs.attr(node)), index + 1):
+                if not pyfuse3.readdir_reply(
+                    token, name.encode(), self.entry(self.fs.attr(node)), index + 1
+                ):
                     self.fs.forget([(node.ino, 0)])
                     return
                 self.fs.ns.remember_lookup(node)
@@ -176,16 +201,27 @@ class S3Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
 
-    async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
-                     flags: int, ctx: pyfuse3.RequestContext
-                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         async with fuse_errors("create"):
             fh, attr = await self.fs.create(parent_inode, _name(name))
-            return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), self.entry(attr)
+            return pyfuse3.FileInfo(fh=fh), self.entry(attr)
         raise AssertionError("unreachable")
 
-    async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
-                    rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("mknod"):
             if not stat.S_ISREG(mode):
                 raise FsError(errno.EPERM, "only regular files can be stored in S3")
@@ -195,11 +231,12 @@ class S3Operations(pyfuse3.Operations):
             return self.entry(attr)
         raise AssertionError("unreachable")
 
-    async def open(self, inode: pyfuse3.InodeT, flags: int,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
         async with fuse_errors("open"):
             fh, keep_cache = await self.fs.open(inode, flags)
-            return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep_cache)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
         raise AssertionError("unreachable")
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -224,28 +261,48 @@ class S3Operations(pyfuse3.Operations):
         async with fuse_errors("release"):
             await self.fs.release(fh)
 
-    async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                     ctx: pyfuse3.RequestContext) -> None:
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
         async with fuse_errors("unlink"):
             await self.fs.unlink(parent_inode, _name(name))
 
-    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
-                     parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
-                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         async with fuse_errors("rename"):
             if flags & pyfuse3.RENAME_EXCHANGE:
                 raise FsError(errno.EINVAL, "RENAME_EXCHANGE cannot be done atomically on S3")
-            await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new,
-                                 _name(name_new), bool(flags & pyfuse3.RENAME_NOREPLACE))
+            await self.fs.rename(
+                parent_inode_old,
+                _name(name_old),
+                parent_inode_new,
+                _name(name_new),
+                bool(flags & pyfuse3.RENAME_NOREPLACE),
+            )
 
-    async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                      target: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-                      ) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)
 
-    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
-                   new_name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-                   ) -> pyfuse3.EntryAttributes:
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -45,8 +45,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str, log_file: str = "", *, syslog: bool = False,
-                  secrets: Iterable[str] = ()) -> None:
+def setup_logging(
+    level: str, log_file: str = "", *, syslog: bool = False, secrets: Iterable[str] = ()
+) -> None:
     """Configure the root logger once: stderr, a file, or syslog (background mode)."""
     handler: logging.Handler
     if log_file:
@@ -70,6 +71,10 @@ def setup_logging(level: str, log_file: str = "", *, syslog: bool = False,
 
 
 def _environment_secrets() -> list[str]:
-    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-             "REGISTRY_STORAGE_S3_SECRETKEY")
+    names = (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "REGISTRY_STORAGE_S3_SECRETKEY",
+    )
     return [os.environ[n] for n in names if os.environ.get(n)]

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 NEGATIVE_CACHE_ENTRIES = 65536
 IMMUTABLE_PATH = re.compile(
-    r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$")
+    r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,24 @@ class Listing:
 class Node:
     """One path this mount knows; see the module docstring."""
 
-    __slots__ = ("checked", "children", "detached", "etag", "file", "in_s3", "ino", "is_dir",
-                 "listing", "local", "lookups", "mtime", "name", "opens", "parent", "size")
+    __slots__ = (
+        "checked",
+        "children",
+        "detached",
+        "etag",
+        "file",
+        "in_s3",
+        "ino",
+        "is_dir",
+        "listing",
+        "local",
+        "lookups",
+        "mtime",
+        "name",
+        "opens",
+        "parent",
+        "size",
+    )
 
     def __init__(self, ino: int, parent: Node | None, name: str, is_dir: bool) -> None:
         self.ino = ino
@@ -75,10 +92,10 @@ class Node:
         self.opens = 0
         self.children: dict[str, Node] = {}
         self.listing: Listing | None = None
-        self.local = False      # exists only in this mount (mkdir'd dir, file not yet uploaded)
-        self.in_s3 = False      # a file whose object is known to exist
-        self.detached = False   # unlinked or replaced: no longer reachable by its name
-        self.file: Any = None   # vfs.FileState while the file is open for writing
+        self.local = False  # exists only in this mount (mkdir'd dir, file not yet uploaded)
+        self.in_s3 = False  # a file whose object is known to exist
+        self.detached = False  # unlinked or replaced: no longer reachable by its name
+        self.file: Any = None  # vfs.FileState while the file is open for writing
 
     def __repr__(self) -> str:
         return f"Node({self.ino}, {self.name!r}, dir={self.is_dir})"
@@ -87,8 +104,14 @@ class Node:
 class Namespace:
     """The inode table and the beliefs of the module docstring."""
 
-    def __init__(self, prefix: str, metadata_ttl: float, immutable_ttl: float,
-                 negative_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        metadata_ttl: float,
+        immutable_ttl: float,
+        negative_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.prefix = prefix
         self.metadata_ttl = metadata_ttl
         self.immutable_ttl = immutable_ttl
@@ -245,8 +268,14 @@ class Namespace:
 
     def _maybe_drop(self, node: Node) -> None:
         """Free a node nobody needs: no lookups, not open, not being written, no children."""
-        while (node is not self.root and node.lookups == 0 and node.opens == 0
-               and node.file is None and not node.local and not node.children):
+        while (
+            node is not self.root
+            and node.lookups == 0
+            and node.opens == 0
+            and node.file is None
+            and not node.local
+            and not node.children
+        ):
             self.nodes.pop(node.ino, None)
             parent = node.parent
             if parent is None:

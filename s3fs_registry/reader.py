@@ -27,7 +27,9 @@ from s3fs_registry.store import GetResult, Store
 
 log = logging.getLogger(__name__)
 
-INITIAL_WINDOW = 1024 * 1024 + 128 * 1024  # the kernel's own 128 KiB read-ahead fits in the first GET
+INITIAL_WINDOW = (
+    1024 * 1024 + 128 * 1024
+)  # the kernel's own 128 KiB read-ahead fits in the first GET
 SEGMENT = 8 * 1024 * 1024
 BACKTRACK = 1024 * 1024  # keep this much behind the reader for slightly out-of-order reads
 
@@ -61,8 +63,9 @@ class Segment:
 class ObjectReader:
     """Reads of one open file (see module docstring)."""
 
-    def __init__(self, ctx: ReadContext, key: str, size: int, etag: str,
-                 fetcher: Fetcher | None = None) -> None:
+    def __init__(
+        self, ctx: ReadContext, key: str, size: int, etag: str, fetcher: Fetcher | None = None
+    ) -> None:
         self._ctx = ctx
         self.key = key
         self.size = size
@@ -100,7 +103,7 @@ class ObjectReader:
             got = await self._ctx.store.get(self.key)
             self._whole = got.data
             self.etag = got.etag
-        return self._whole[offset:offset + size]
+        return self._whole[offset : offset + size]
 
     # -- read-ahead ----------------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class ObjectReader:
             self._window = min(max(self._ctx.read_ahead, INITIAL_WINDOW), self._window * 2)
         self._last_end = end
         keep = [s for s in self._segments if s.end > offset - BACKTRACK]
-        for segment in self._segments[:len(self._segments) - len(keep)]:
+        for segment in self._segments[: len(self._segments) - len(keep)]:
             self._drop(segment)
         self._segments = keep
 
@@ -143,8 +146,12 @@ class ObjectReader:
                 self.etag = got.etag
             segment.data = got.data
             if len(got.data) != segment.end - segment.start:
-                log.info("%s: object is shorter than expected (%d bytes at %d)", self.key,
-                         len(got.data), segment.start)
+                log.info(
+                    "%s: object is shorter than expected (%d bytes at %d)",
+                    self.key,
+                    len(got.data),
+                    segment.start,
+                )
         except Exception as exc:
             segment.error = exc
         finally:
@@ -164,7 +171,10 @@ class ObjectReader:
             if segment.error is not None:
                 self._forget(segment)
                 raise segment.error
-            lo, hi = max(offset, segment.start) - segment.start, min(end, segment.end) - segment.start
+            lo, hi = (
+                max(offset, segment.start) - segment.start,
+                min(end, segment.end) - segment.start,
+            )
             pieces.append(segment.data[lo:hi])
             if len(segment.data) < hi:
                 break  # the object ended early: a short read, never invented bytes

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
@@ -48,9 +48,6 @@ from s3fs_registry.errors import (
     TooLargeError,
     TransientError,
 )
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +154,9 @@ def check_key(key: str) -> None:
         raise NameTooLongError(f"key of {len(key.encode())} bytes exceeds S3's 1024")
 
 
-def translate_client_error(exc: botocore.exceptions.ClientError, operation: str, key: str) -> Exception:
+def translate_client_error(
+    exc: botocore.exceptions.ClientError, operation: str, key: str
+) -> Exception:
     """Map a botocore ClientError onto the domain exceptions of errors.py."""
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
@@ -191,11 +190,19 @@ def translate_error(exc: BaseException, operation: str, key: str) -> BaseExcepti
     """Any exception from a boto3 call becomes a domain error (or stays as it is)."""
     if isinstance(exc, botocore.exceptions.ClientError):
         return translate_client_error(exc, operation, key)
-    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
-        return CredentialsError(f"{operation}: no usable AWS credentials: {exc}", code="NoCredentials")
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return CredentialsError(
+            f"{operation}: no usable AWS credentials: {exc}", code="NoCredentials"
+        )
     if isinstance(exc, _TRANSPORT_ERRORS):
-        return TransientError(f"{operation} {key}: {type(exc).__name__}: {exc}", code=type(exc).__name__,
-                              operation=operation, key=key)
+        return TransientError(
+            f"{operation} {key}: {type(exc).__name__}: {exc}",
+            code=type(exc).__name__,
+            operation=operation,
+            key=key,
+        )
     return exc
 
 
@@ -203,7 +210,7 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | IntegrityError)
 
 
-def make_client(s3: S3Config, mount: MountConfig) -> S3Client:
+def make_client(s3: S3Config, mount: MountConfig) -> Any:
     """Build the one boto3 client; done before trio.run because sessions are not thread-safe."""
     config = BotoConfig(
         region_name=s3.region or "us-east-1",
@@ -229,7 +236,9 @@ def make_client(s3: S3Config, mount: MountConfig) -> S3Client:
         aws_secret_access_key=s3.secretkey if static else None,
     )
     verify: bool | None = False if s3.skipverify else None
-    return session.client("s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify)
+    return session.client(
+        "s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify, use_ssl=s3.secure
+    )
 
 
 def known_regions() -> list[str]:
@@ -261,9 +270,11 @@ class RequestStats:
 class Store:
     """Async S3 operations on one bucket, with the registry driver's write headers."""
 
-    def __init__(self, s3: S3Config, mount: MountConfig, client: S3Client | None = None) -> None:
+    def __init__(self, s3: S3Config, mount: MountConfig, client: Any = None) -> None:
         self._s3 = s3
-        self._client = client if client is not None else make_client(s3, mount)
+        # typed Any on purpose: this module is the boundary, and the stubs' TypedDicts add
+        # nothing that the response checks below do not already do at run time
+        self._client: Any = client if client is not None else make_client(s3, mount)
         self._bucket = s3.bucket
         self._attempts = mount.retry_attempts
         self._retry_time = mount.retry_time
@@ -292,8 +303,15 @@ class Store:
             args["SSEKMSKeyId"] = self._s3.keyid
         return args
 
-    async def _call(self, operation: str, key: str, fn: Callable[[], T], *, write: bool = False,
-                    on_retry: Callable[[BaseException], T | None] | None = None) -> T:
+    async def _call(
+        self,
+        operation: str,
+        key: str,
+        fn: Callable[[], T],
+        *,
+        write: bool = False,
+        on_retry: Callable[[BaseException], T | None] | None = None,
+    ) -> T:
         """Run `fn` in a worker thread with bounded, jittered retries of transient errors.
 
         `on_retry(error)` is asked, after a retried attempt failed with a non-transient error,
@@ -307,7 +325,7 @@ class Store:
             self.stats.count(operation)
             try:
                 return await trio.to_thread.run_sync(fn, limiter=limiter)
-            except BaseException as raw:  # noqa: BLE001 - translated and re-raised below
+            except BaseException as raw:
                 if isinstance(raw, trio.Cancelled | KeyboardInterrupt):
                     raise
                 exc = translate_error(raw, operation, key)
@@ -317,7 +335,11 @@ class Store:
                     log.info("%s %s: an earlier attempt had taken effect (%s)", operation, key, exc)
                     return recovered
             delay = min(8.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if not _is_retryable(exc) or attempt >= self._attempts or time.monotonic() + delay > deadline:
+            if (
+                not _is_retryable(exc)
+                or attempt >= self._attempts
+                or time.monotonic() + delay > deadline
+            ):
                 if _is_retryable(exc):
                     self.stats.failures += 1
                 raise exc
@@ -330,13 +352,23 @@ class Store:
     async def head(self, key: str) -> ObjectInfo:
         def work() -> ObjectInfo:
             resp = self._client.head_object(Bucket=self._bucket, Key=key)
-            return ObjectInfo(key, resp["ContentLength"], resp["LastModified"].timestamp(),
-                              resp.get("ETag", ""))
+            return ObjectInfo(
+                key, resp["ContentLength"], resp["LastModified"].timestamp(), resp.get("ETag", "")
+            )
+
         return await self._call("HeadObject", key, work)
 
-    async def list_page(self, prefix: str, *, delimiter: str = "/", token: str | None = None,
-                        max_keys: int = 1000, start_after: str = "") -> ListPage:
-        """One page of ListObjectsV2. Keys come back URL-decoded (botocore asks for url encoding)."""
+    async def list_page(
+        self,
+        prefix: str,
+        *,
+        delimiter: str = "/",
+        token: str | None = None,
+        max_keys: int = 1000,
+        start_after: str = "",
+    ) -> ListPage:
+        """One page of ListObjectsV2; keys come back decoded (botocore asks for url encoding)."""
+
         def work() -> ListPage:
             kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix, "MaxKeys": max_keys}
             if delimiter:
@@ -346,14 +378,19 @@ class Store:
             if start_after:
                 kwargs["StartAfter"] = start_after
             resp = self._client.list_objects_v2(**kwargs)
-            objects = [ObjectInfo(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
-                       for o in resp.get("Contents", [])]
+            objects = [
+                ObjectInfo(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
+                for o in resp.get("Contents", [])
+            ]
             prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
             more = resp.get("IsTruncated", False)
             return ListPage(objects, prefixes, resp.get("NextContinuationToken") if more else None)
+
         return await self._call("ListObjectsV2", prefix, work)
 
-    async def list_all(self, prefix: str, *, delimiter: str = "/") -> tuple[list[ObjectInfo], list[str]]:
+    async def list_all(
+        self, prefix: str, *, delimiter: str = "/"
+    ) -> tuple[list[ObjectInfo], list[str]]:
         """Every page of a listing, concatenated."""
         objects: list[ObjectInfo] = []
         prefixes: list[str] = []
@@ -366,13 +403,15 @@ class Store:
                 return objects, prefixes
             token = page.next_token
 
-    async def get(self, key: str, start: int | None = None, end: int | None = None,
-                  if_match: str = "") -> GetResult:
+    async def get(
+        self, key: str, start: int | None = None, end: int | None = None, if_match: str = ""
+    ) -> GetResult:
         """GET the whole object, or bytes [start, end] inclusive, checked before returning.
 
         A range that starts at or past the end of the object returns no bytes (S3 answers
         416 InvalidRange); a short, overlong or misplaced body is an IntegrityError, retried.
         """
+
         def work() -> GetResult:
             kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
             if start is not None:
@@ -387,6 +426,7 @@ class Store:
                 raise
             data = resp["Body"].read()
             return _checked_get(key, resp, data, start, end)
+
         return await self._call("GetObject", key, work)
 
     # -- writing -------------------------------------------------------------------------
@@ -396,38 +436,71 @@ class Store:
         check_key(key)
 
         def work() -> str:
-            resp = self._client.put_object(Bucket=self._bucket, Key=key, Body=body,
-                                           ContentMD5=content_md5(body), **self._write_args)
+            resp = self._client.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=body,
+                ContentMD5=content_md5(body),
+                **self._write_args,
+            )
             return str(resp.get("ETag", ""))
+
         return await self._call("PutObject", key, work, write=True)
 
     async def create_multipart(self, key: str) -> str:
         check_key(key)
 
         def work() -> str:
-            resp = self._client.create_multipart_upload(Bucket=self._bucket, Key=key, **self._write_args)
+            resp = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=key, **self._write_args
+            )
             return str(resp["UploadId"])
+
         return await self._call("CreateMultipartUpload", key, work, write=True)
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> str:
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray
+    ) -> str:
         def work() -> str:
-            resp = self._client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
-                                            PartNumber=number, Body=body, ContentMD5=content_md5(body))
+            resp = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentMD5=content_md5(body),
+            )
             return str(resp["ETag"])
+
         return await self._call("UploadPart", key, work, write=True)
 
-    async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
-                               first: int, last: int, if_match: str = "") -> str:
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source_key: str,
+        first: int,
+        last: int,
+        if_match: str = "",
+    ) -> str:
         """Copy bytes [first, last] of `source_key` server-side into part `number`."""
+
         def work() -> str:
             kwargs: dict[str, Any] = {}
             if if_match:
                 kwargs["CopySourceIfMatch"] = if_match
             resp = self._client.upload_part_copy(
-                Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Bucket=self._bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
                 CopySource={"Bucket": self._bucket, "Key": source_key},
-                CopySourceRange=f"bytes={first}-{last}", **kwargs)
+                CopySourceRange=f"bytes={first}-{last}",
+                **kwargs,
+            )
             return str(resp["CopyPartResult"]["ETag"])
+
         return await self._call("UploadPartCopy", key, work, write=True)
 
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> str:
@@ -437,7 +510,8 @@ class Store:
 
         def work() -> str:
             resp = self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
             return str(resp.get("ETag") or expected)
 
         def already_done(exc: BaseException) -> str | None:
@@ -445,10 +519,13 @@ class Store:
                 return None
             try:
                 head = self._client.head_object(Bucket=self._bucket, Key=key)
-            except botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError:
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                 return None
             return expected if head.get("ETag") == expected else None
-        return await self._call("CompleteMultipartUpload", key, work, write=True, on_retry=already_done)
+
+        return await self._call(
+            "CompleteMultipartUpload", key, work, write=True, on_retry=already_done
+        )
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         def work() -> None:
@@ -456,6 +533,7 @@ class Store:
 
         def already_done(exc: BaseException) -> None:
             return None
+
         try:
             await self._call("AbortMultipartUpload", key, work, write=True, on_retry=already_done)
         except StoreError as exc:
@@ -467,36 +545,47 @@ class Store:
         check_key(key)
 
         def work() -> None:
-            self._client.copy_object(Bucket=self._bucket, Key=key,
-                                     CopySource={"Bucket": self._bucket, "Key": source_key},
-                                     **self._write_args)
+            self._client.copy_object(
+                Bucket=self._bucket,
+                Key=key,
+                CopySource={"Bucket": self._bucket, "Key": source_key},
+                **self._write_args,
+            )
+
         await self._call("CopyObject", key, work, write=True)
 
     async def delete(self, key: str) -> None:
         """DeleteObject; S3 answers 204 whether or not the key existed, so retries are safe."""
+
         def work() -> None:
             self._client.delete_object(Bucket=self._bucket, Key=key)
+
         await self._call("DeleteObject", key, work, write=True)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         """DeleteObjects in batches of 1000; any per-key error fails the call."""
         batch = list(keys)
         for start in range(0, len(batch), DELETE_BATCH):
-            chunk = batch[start:start + DELETE_BATCH]
+            chunk = batch[start : start + DELETE_BATCH]
             await self._delete_batch(chunk)
 
     async def _delete_batch(self, keys: list[str]) -> None:
         def work() -> list[dict[str, Any]]:
             resp = self._client.delete_objects(
-                Bucket=self._bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+                Bucket=self._bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
             return list(resp.get("Errors", []))
+
         errors = await self._call("DeleteObjects", keys[0], work, write=True)
         failed = [e for e in errors if e.get("Code") != "NoSuchKey"]
         if failed:
             first = failed[0]
+            error: Any = {"Error": first}
             raise translate_client_error(
-                botocore.exceptions.ClientError({"Error": first}, "DeleteObjects"),
-                "DeleteObjects", str(first.get("Key", "")))
+                botocore.exceptions.ClientError(error, "DeleteObjects"),
+                "DeleteObjects",
+                str(first.get("Key", "")),
+            )
 
     # -- multipart bookkeeping (janitor, check) ------------------------------------------
 
@@ -505,13 +594,16 @@ class Store:
         uploads: list[PendingUpload] = []
         key_marker = upload_marker = ""
         while True:
-            page, key_marker, upload_marker = await self._list_uploads_page(prefix, key_marker, upload_marker)
+            page, key_marker, upload_marker = await self._list_uploads_page(
+                prefix, key_marker, upload_marker
+            )
             uploads.extend(page)
             if not key_marker and not upload_marker:
                 return uploads
 
-    async def _list_uploads_page(self, prefix: str, key_marker: str,
-                                 upload_marker: str) -> tuple[list[PendingUpload], str, str]:
+    async def _list_uploads_page(
+        self, prefix: str, key_marker: str, upload_marker: str
+    ) -> tuple[list[PendingUpload], str, str]:
         def work() -> tuple[list[PendingUpload], str, str]:
             kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
             if key_marker:
@@ -519,51 +611,73 @@ class Store:
             if upload_marker:
                 kwargs["UploadIdMarker"] = upload_marker
             resp = self._client.list_multipart_uploads(**kwargs)
-            page = [PendingUpload(u["Key"], u["UploadId"], u["Initiated"].timestamp())
-                    for u in resp.get("Uploads", [])]
+            page = [
+                PendingUpload(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                for u in resp.get("Uploads", [])
+            ]
             if not resp.get("IsTruncated"):
                 return page, "", ""
             return page, resp.get("NextKeyMarker", ""), resp.get("NextUploadIdMarker", "")
+
         return await self._call("ListMultipartUploads", prefix, work)
 
     async def list_parts(self, key: str, upload_id: str) -> list[int]:
         def work() -> list[int]:
             resp = self._client.list_parts(Bucket=self._bucket, Key=key, UploadId=upload_id)
             return [int(p["PartNumber"]) for p in resp.get("Parts", [])]
+
         return await self._call("ListParts", key, work)
 
     async def bucket_location(self) -> str:
         def work() -> str:
             resp = self._client.get_bucket_location(Bucket=self._bucket)
             return str(resp.get("LocationConstraint") or "us-east-1")
+
         return await self._call("GetBucketLocation", "", work)
 
 
-def _checked_get(key: str, resp: dict[str, Any], data: bytes, start: int | None,
-                 end: int | None) -> GetResult:
+def _checked_get(
+    key: str, resp: dict[str, Any], data: bytes, start: int | None, end: int | None
+) -> GetResult:
     """Refuse a GET response whose status, length or range is not what was asked for."""
     status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     length = int(resp.get("ContentLength", len(data)))
     etag = str(resp.get("ETag", ""))
     if len(data) != length:
-        raise IntegrityError(f"GetObject {key}: body of {len(data)} bytes, Content-Length {length}",
-                             code="ShortBody", operation="GetObject", key=key)
+        raise IntegrityError(
+            f"GetObject {key}: body of {len(data)} bytes, Content-Length {length}",
+            code="ShortBody",
+            operation="GetObject",
+            key=key,
+        )
     if start is None:
         if status != 200:
-            raise IntegrityError(f"GetObject {key}: status {status}", code="BadStatus",
-                                 operation="GetObject", key=key)
+            raise IntegrityError(
+                f"GetObject {key}: status {status}",
+                code="BadStatus",
+                operation="GetObject",
+                key=key,
+            )
         return GetResult(data, length, etag)
     match = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange", "")))
     if status == 200 and match is None and start == 0:
         return GetResult(data, length, etag)  # server ignored the range but sent it all
     if status != 206 or match is None:
-        raise IntegrityError(f"GetObject {key}: status {status}, Content-Range "
-                             f"{resp.get('ContentRange')!r} for a range request", code="BadRange",
-                             operation="GetObject", key=key)
+        raise IntegrityError(
+            f"GetObject {key}: status {status}, Content-Range "
+            f"{resp.get('ContentRange')!r} for a range request",
+            code="BadRange",
+            operation="GetObject",
+            key=key,
+        )
     first, last, total = int(match[1]), int(match[2]), match[3]
     want_last = last if end is None else end
     size = int(total) if total != "*" else last + 1
     if first != start or (last != want_last and last != size - 1) or last - first + 1 != len(data):
-        raise IntegrityError(f"GetObject {key}: asked bytes {start}-{end}, got {first}-{last}",
-                             code="BadRange", operation="GetObject", key=key)
+        raise IntegrityError(
+            f"GetObject {key}: asked bytes {start}-{end}, got {first}-{last}",
+            code="BadRange",
+            operation="GetObject",
+            key=key,
+        )
     return GetResult(data, size, etag)

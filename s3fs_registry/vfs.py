@@ -74,14 +74,17 @@ class Handle:
 class Filesystem:
     """S3-backed operations on the namespace; see the module docstring."""
 
-    def __init__(self, config: Config, store: Store, writes: WriteContext, reads: ReadContext) -> None:
+    def __init__(
+        self, config: Config, store: Store, writes: WriteContext, reads: ReadContext
+    ) -> None:
         self.config = config
         self.store = store
         self.writes = writes
         self.reads = reads
         mount = config.mount
-        self.ns = Namespace(config.s3.key_prefix(), mount.metadata_ttl, mount.immutable_ttl,
-                            mount.negative_ttl)
+        self.ns = Namespace(
+            config.s3.key_prefix(), mount.metadata_ttl, mount.immutable_ttl, mount.negative_ttl
+        )
         self.dir_mtime = time.time()
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
@@ -225,11 +228,11 @@ class Filesystem:
         objects, prefixes = await self.store.list_all(prefix)
         entries: dict[str, Entry] = {}
         for obj in objects:
-            name = obj.key[len(prefix):]
+            name = obj.key[len(prefix) :]
             if _listable(name):
                 entries[name] = Entry(False, obj.size, obj.mtime, obj.etag)
         for common in prefixes:
-            name = common[len(prefix):-1]
+            name = common[len(prefix) : -1]
             if _listable(name):
                 entries[name] = Entry(True, 0, self.dir_mtime)
         return Listing(entries, self.ns.clock())
@@ -490,8 +493,9 @@ class Filesystem:
             self.ns.forget_entry(parent, node.name)
         self.ns.detach(node)
 
-    async def rename(self, old_ino: int, old_name: str, new_ino: int, new_name: str,
-                     noreplace: bool) -> None:
+    async def rename(
+        self, old_ino: int, old_name: str, new_ino: int, new_name: str, noreplace: bool
+    ) -> None:
         old_parent, new_parent = self._dir(old_ino), self._dir(new_ino)
         src = await self._resolve(old_parent, old_name)
         if src is None:
@@ -532,8 +536,9 @@ class Filesystem:
             if isinstance(state.content, SpoolSession):
                 state.content.key = self.ns.key(src)
 
-    async def _commit_renamed(self, src: Node, state: FileState, content: WriteSession,
-                              new_parent: Node, new_name: str) -> None:
+    async def _commit_renamed(
+        self, src: Node, state: FileState, content: WriteSession, new_parent: Node, new_name: str
+    ) -> None:
         """A file never uploaded under its old name goes straight to the new one."""
         old_key, had_object = self.ns.key(src), src.in_s3
         try:
@@ -579,9 +584,12 @@ class Filesystem:
             async with trio.open_nursery() as nursery:
                 for number, first in enumerate(range(0, size, chunk), start=1):
                     last = min(size, first + chunk) - 1
-                    nursery.start_soon(self._copy_part, dst_key, upload_id, number, src_key,
-                                       first, last, etags)
-            await self.store.complete_multipart(dst_key, upload_id, [etags[n] for n in sorted(etags)])
+                    nursery.start_soon(
+                        self._copy_part, dst_key, upload_id, number, src_key, first, last, etags
+                    )
+            await self.store.complete_multipart(
+                dst_key, upload_id, [etags[n] for n in sorted(etags)]
+            )
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
@@ -590,11 +598,20 @@ class Filesystem:
                     log.warning("could not abort copy of %s: %s", dst_key, exc)
             raise
 
-    async def _copy_part(self, key: str, upload_id: str, number: int, src_key: str, first: int,
-                         last: int, etags: dict[int, str]) -> None:
+    async def _copy_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        src_key: str,
+        first: int,
+        last: int,
+        etags: dict[int, str],
+    ) -> None:
         async with self.writes.copy_limiter:
-            etags[number] = await self.store.upload_part_copy(key, upload_id, number, src_key,
-                                                              first, last)
+            etags[number] = await self.store.upload_part_copy(
+                key, upload_id, number, src_key, first, last
+            )
 
     async def _rename_dir(self, src: Node, new_parent: Node, new_name: str) -> None:
         """Commit pending files under `src`, copy every key to the new prefix, delete the old."""
@@ -608,7 +625,7 @@ class Filesystem:
 
         async def move_one(src_key: str, size: int) -> None:
             async with limiter:
-                await self.copy_object(src_key, dst_prefix + src_key[len(src_prefix):], size)
+                await self.copy_object(src_key, dst_prefix + src_key[len(src_prefix) :], size)
 
         async with trio.open_nursery() as nursery:
             for obj in objects:

@@ -58,9 +58,17 @@ class SessionAbortedError(S3fsError):
 class WriteContext:
     """What every session shares: the store, the budgets, the background nursery, sizes."""
 
-    def __init__(self, store: Store, budget: MemoryBudget, spool: SpoolBudget,
-                 nursery: trio.Nursery, chunksize: int, spool_dir: str,
-                 copy_chunksize: int, copy_concurrency: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        budget: MemoryBudget,
+        spool: SpoolBudget,
+        nursery: trio.Nursery,
+        chunksize: int,
+        spool_dir: str,
+        copy_chunksize: int,
+        copy_concurrency: int,
+    ) -> None:
         self.store = store
         self.budget = budget
         self.spool = spool
@@ -115,7 +123,7 @@ class WriteSession:
         pos = offset - self._buf_start
         if pos < len(self._buf):
             n = min(len(view), len(self._buf) - pos)
-            self._buf[pos:pos + n] = view[:n]
+            self._buf[pos : pos + n] = view[:n]
             view = view[n:]
         while view:
             n = min(len(view), await self._room())
@@ -129,7 +137,7 @@ class WriteSession:
         """Grow to `size` with zeros (a hole, or ftruncate beyond the end)."""
         zeros = bytes(min(1 << 20, max(0, size - self.size)))
         while self.size < size:
-            await self.write(self.size, zeros[:size - self.size])
+            await self.write(self.size, zeros[: size - self.size])
 
     async def content(self) -> bytearray | None:
         """The whole content when it is still all in memory (no multipart upload), else None."""
@@ -195,12 +203,14 @@ class WriteSession:
     async def _prepend(self, base: Base) -> None:
         got = await self._ctx.store.get(base.key, if_match=base.etag)
         if len(got.data) != base.size:
-            raise PreconditionError(f"{base.key} changed while being appended to "
-                                    f"({len(got.data)} bytes, expected {base.size})")
+            raise PreconditionError(
+                f"{base.key} changed while being appended to "
+                f"({len(got.data)} bytes, expected {base.size})"
+            )
         self._buf_start = 0
         while len(self._buf) < base.size:
             n = min(base.size - len(self._buf), await self._room())
-            self._buf += memoryview(got.data)[len(self._buf):len(self._buf) + n]
+            self._buf += memoryview(got.data)[len(self._buf) : len(self._buf) + n]
 
     async def _copy_base(self, base: Base) -> None:
         await self._start_upload()
@@ -254,7 +264,8 @@ class WriteSession:
             assert self._upload_id is not None
             if self.error is None:
                 self._etags[number] = await self._ctx.store.upload_part(
-                    self.key, self._upload_id, number, body)
+                    self.key, self._upload_id, number, body
+                )
         finally:
             pool.give(held)
 
@@ -263,14 +274,16 @@ class WriteSession:
         async with self._ctx.copy_limiter:
             if self.error is None:
                 self._etags[number] = await self._ctx.store.upload_part_copy(
-                    self.key, self._upload_id, number, base.key, first, last, if_match=base.etag)
+                    self.key, self._upload_id, number, base.key, first, last, if_match=base.etag
+                )
 
     async def _complete(self) -> str:
         assert self._upload_id is not None
         if self._buf or self._next_part == 1:
             number = self._claim_part()
             self._etags[number] = await self._ctx.store.upload_part(
-                self.key, self._upload_id, number, self._buf)
+                self.key, self._upload_id, number, self._buf
+            )
         await self._idle.wait()
         if self.error is not None:
             raise self.error
@@ -310,8 +323,9 @@ class SpoolSession:
         self._limiter = trio.CapacityLimiter(4)
 
     @classmethod
-    async def create(cls, ctx: WriteContext, key: str, content: bytes | bytearray | None,
-                     base: Base | None) -> SpoolSession:
+    async def create(
+        cls, ctx: WriteContext, key: str, content: bytes | bytearray | None, base: Base | None
+    ) -> SpoolSession:
         """A spool holding `content`, or else a download of `base` (or nothing)."""
         size = len(content) if content is not None else (base.size if base else 0)
         ctx.spool.grow(size)
@@ -337,8 +351,9 @@ class SpoolSession:
     async def _download(self, base: Base) -> None:
         step = self._ctx.chunksize
         for first in range(0, base.size, step):
-            got = await self._ctx.store.get(base.key, first, min(base.size, first + step) - 1,
-                                            if_match=base.etag)
+            got = await self._ctx.store.get(
+                base.key, first, min(base.size, first + step) - 1, if_match=base.etag
+            )
             await self._pwrite(first, got.data)
 
     def accepts(self, offset: int) -> bool:
@@ -358,7 +373,9 @@ class SpoolSession:
 
     async def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))
-        return await trio.to_thread.run_sync(os.pread, self._fd, size, offset, limiter=self._limiter)
+        return await trio.to_thread.run_sync(
+            os.pread, self._fd, size, offset, limiter=self._limiter
+        )
 
     async def commit(self) -> Committed:
         """Upload the spool file as one object (PutObject, or multipart from file ranges)."""
@@ -382,16 +399,17 @@ class SpoolSession:
                     await self._ctx.budget.parts.take(length)
                     nursery.start_soon(self._upload_range, upload_id, number, offset, length, etags)
                     offset, number = offset + length, number + 1
-            return await store.complete_multipart(self.key, upload_id,
-                                                  [etags[n] for n in sorted(etags)])
+            return await store.complete_multipart(
+                self.key, upload_id, [etags[n] for n in sorted(etags)]
+            )
         except BaseException:
-            with trio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await store.abort_multipart(self.key, upload_id)
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await store.abort_multipart(self.key, upload_id)
             raise
 
-    async def _upload_range(self, upload_id: str, number: int, offset: int, length: int,
-                            etags: dict[int, str]) -> None:
+    async def _upload_range(
+        self, upload_id: str, number: int, offset: int, length: int, etags: dict[int, str]
+    ) -> None:
         try:
             body = await self.read(offset, length)
             etags[number] = await self._ctx.store.upload_part(self.key, upload_id, number, body)
@@ -412,7 +430,9 @@ class SpoolSession:
 
     async def _pwrite(self, offset: int, data: bytes) -> None:
         try:
-            await trio.to_thread.run_sync(_pwrite_all, self._fd, data, offset, limiter=self._limiter)
+            await trio.to_thread.run_sync(
+                _pwrite_all, self._fd, data, offset, limiter=self._limiter
+            )
         except OSError as exc:
             raise NoSpaceError(f"spool write failed: {exc}") from exc
 

@@ -1,0 +1,1338 @@
+"""Unit tests of s3fs_registry.config: defaults, ranges, registry error texts, environment,
+key mapping, Go duration/size/mode parsing, CloudFront key files, and secrets staying secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from s3fs_registry import config as cfg
+from s3fs_registry.config import (
+    CloudFrontConfig,
+    Config,
+    GiB,
+    MiB,
+    MountConfig,
+    S3Config,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+from s3fs_registry.errors import ConfigError
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzSECRETKEY"
+SRC = "/etc/registry.yml"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def s3_doc(**params: Any) -> dict[str, Any]:
+    return {"storage": {"s3": {"bucket": "b", "region": "us-east-1", **params}}}
+
+
+def with_mount(**settings: Any) -> dict[str, Any]:
+    return {**s3_doc(), "mount": settings}
+
+
+def parse(
+    data: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    regions: list[str] | None = None,
+) -> Config:
+    return parse_config(data, env or {}, regions, source=SRC)
+
+
+def error(
+    data: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    regions: list[str] | None = None,
+) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(data, env, regions)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    assert SECRET not in message
+    return message
+
+
+def s3(**params: Any) -> S3Config:
+    return parse(s3_doc(**params)).s3
+
+
+def mount(**settings: Any) -> MountConfig:
+    return parse(with_mount(**settings)).mount
+
+
+# --------------------------------------------------------------------------------------------
+# defaults and the settings tables
+
+
+def test_s3_defaults() -> None:
+    got = s3()
+    assert got == S3Config(bucket="b", region="us-east-1")
+    assert (got.accesskey, got.secretkey, got.regionendpoint, got.keyid) == ("", "", "", "")
+    assert (got.encrypt, got.secure, got.skipverify, got.v4auth) == (False, True, False, True)
+    assert got.chunksize == 10 * MiB == 10485760
+    assert got.multipartcopychunksize == 32 * MiB
+    assert got.multipartcopymaxconcurrency == 100
+    assert got.multipartcopythresholdsize == 32 * MiB
+    assert (got.rootdirectory, got.storageclass, got.objectacl) == ("", "STANDARD", "private")
+    assert (got.useragent, got.forcepathstyle) == ("", False)
+
+
+def test_mount_defaults() -> None:
+    got = parse(s3_doc()).mount
+    assert got == MountConfig()
+    assert (got.metadata_ttl, got.immutable_ttl, got.negative_ttl) == (1.0, 300.0, 1.0)
+    assert (got.memory_budget, got.max_connections, got.read_ahead) == (512 * MiB, 32, 64 * MiB)
+    assert (got.small_file_size, got.spool_dir, got.spool_limit) == (MiB, "", GiB)
+    assert (got.uid, got.gid, got.file_mode, got.dir_mode) == (-1, -1, 0o644, 0o755)
+    assert (got.allow_other, got.log_level, got.log_file) == (False, "info", "")
+    assert (got.janitor, got.janitor_age, got.janitor_interval) == (True, 604800.0, 3600.0)
+    assert (got.retry_attempts, got.retry_time) == (5, 60.0)
+    assert (got.connect_timeout, got.read_timeout) == (10.0, 60.0)
+
+
+def test_cloudfront_defaults() -> None:
+    got = CloudFrontConfig("https://x/", "k.pem", "K1")
+    assert (got.duration, got.ipfilteredby, got.awsregion) == (1200.0, "none", ())
+    assert got.updatefrequency == 43200.0
+    assert got.iprangesurl == "https://ip-ranges.amazonaws.com/ip-ranges.json"
+    assert (got.rootrelative, got.cabundle) == (False, "")
+
+
+def test_no_cloudfront_and_no_warnings_by_default() -> None:
+    got = parse(s3_doc())
+    assert got.cloudfront is None
+    assert got.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("table", "cls"),
+    [
+        (cfg.S3_SETTINGS, S3Config),
+        (cfg.MOUNT_SETTINGS, MountConfig),
+        (cfg.CLOUDFRONT_SETTINGS, CloudFrontConfig),
+    ],
+)
+def test_every_field_is_declared_once(table: tuple[cfg.Setting, ...], cls: type[Any]) -> None:
+    names = [setting.name for setting in table]
+    assert len(names) == len(set(names))
+    assert set(names) == {f.name for f in dataclasses.fields(cls)}
+
+
+def test_config_is_frozen() -> None:
+    got = parse(s3_doc())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.s3.bucket = "other"  # type: ignore[misc]
+
+
+def test_doc_reference_is_current() -> None:
+    text = (ROOT / "doc" / "CONFIGURATION.md").read_text()
+    begin = "<!-- BEGIN GENERATED by s3fs_registry.config.render_reference() -->\n"
+    end = "<!-- END GENERATED -->"
+    generated = text[text.index(begin) + len(begin) : text.index(end)]
+    assert generated == cfg.render_reference()
+
+
+def test_doc_lists_every_setting() -> None:
+    text = cfg.render_reference()
+    for table in (cfg.S3_SETTINGS, cfg.MOUNT_SETTINGS, cfg.CLOUDFRONT_SETTINGS):
+        for setting in table:
+            assert f"| `{setting.name}` |" in text
+
+
+# --------------------------------------------------------------------------------------------
+# required parameters and the driver's cross-parameter rules
+
+
+def test_spec_example_error_text() -> None:
+    message = error(s3_doc(chunksize=1024))
+    assert message == (
+        f"{SRC}: storage.s3.chunksize: the chunksize 1024 parameter should be a number between "
+        "5242880 and 5368709120 (inclusive)"
+    )
+
+
+@pytest.mark.parametrize("doc", [{"storage": {"s3": {"region": "r"}}}, s3_doc(bucket=""), None])
+def test_bucket_required(doc: dict[str, Any] | None) -> None:
+    message = error(doc, {"REGISTRY_STORAGE_S3_REGION": "us-east-1"})
+    assert message.startswith(f"{SRC}: storage.s3.bucket: no bucket parameter provided")
+
+
+def test_region_required_without_endpoint() -> None:
+    message = error({"storage": {"s3": {"bucket": "b"}}})
+    assert message.startswith(f"{SRC}: storage.s3.region: no region parameter provided")
+    assert "no region parameter provided" in error(s3_doc(region=""))
+
+
+def test_region_optional_with_endpoint() -> None:
+    got = parse({"storage": {"s3": {"bucket": "b", "regionendpoint": "minio:9000"}}}).s3
+    assert got.region == ""
+
+
+def test_region_checked_against_known_regions() -> None:
+    message = error(s3_doc(region="mars-1"), regions=["us-east-1", "eu-west-1"])
+    assert message.startswith(f"{SRC}: storage.s3.region: invalid region provided: mars-1")
+    assert parse(s3_doc(region="eu-west-1"), regions=["us-east-1", "eu-west-1"]).s3.region
+
+
+def test_region_not_checked_with_endpoint_or_without_list() -> None:
+    assert s3(region="mars-1").region == "mars-1"  # known_regions None
+    doc = s3_doc(region="mars-1", regionendpoint="http://minio:9000")
+    assert parse(doc, regions=["us-east-1"]).s3.region == "mars-1"
+
+
+V4_TEXT = "on Amazon S3 this storage driver can only be used with v4 authentication"
+
+
+@pytest.mark.parametrize("endpoint", ["", "https://s3.amazonaws.com", "s3.amazonaws.com:443"])
+def test_v4auth_false_refused_on_aws(endpoint: str) -> None:
+    message = error(s3_doc(v4auth=False, regionendpoint=endpoint))
+    assert message.startswith(f"{SRC}: storage.s3.v4auth: {V4_TEXT}")
+
+
+def test_v4auth_false_allowed_elsewhere() -> None:
+    assert s3(v4auth="false", regionendpoint="http://ceph:7480").v4auth is False
+
+
+def test_keyid_requires_encrypt() -> None:
+    message = error(s3_doc(keyid="arn:aws:kms:k"))
+    assert message.startswith(f"{SRC}: storage.s3.keyid:")
+    assert "encrypt is false" in message and "arn:aws:kms:k" in message
+    assert s3(keyid="arn:aws:kms:k", encrypt=True).keyid == "arn:aws:kms:k"
+
+
+# --------------------------------------------------------------------------------------------
+# booleans (2.8: YAML bool or strconv.ParseBool)
+
+TRUE_SPELLINGS = ["1", "t", "T", "TRUE", "true", "True", True]
+FALSE_SPELLINGS = ["0", "f", "F", "FALSE", "false", "False", False]
+BOOL_LABELS = {
+    "encrypt": "encrypt",
+    "secure": "secure",
+    "skipverify": "skipVerify",
+    "v4auth": "v4auth",
+    "forcepathstyle": "forcepathstyle",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOOL_LABELS))
+@pytest.mark.parametrize("value", TRUE_SPELLINGS)
+def test_bool_true_spellings(name: str, value: object) -> None:
+    assert getattr(s3(**{name: value}), name) is True
+
+
+@pytest.mark.parametrize("name", sorted(BOOL_LABELS))
+@pytest.mark.parametrize("value", FALSE_SPELLINGS)
+def test_bool_false_spellings(name: str, value: object) -> None:
+    extra = {"regionendpoint": "http://minio:9000"} if name == "v4auth" else {}
+    assert getattr(s3(**{name: value}, **extra), name) is False
+
+
+@pytest.mark.parametrize("name", sorted(BOOL_LABELS))
+@pytest.mark.parametrize("value", ["yes", "on", "", "tRUE", 1, 0, 1.0, ["true"], {"a": 1}])
+def test_bool_rejects(name: str, value: object) -> None:
+    message = error(s3_doc(**{name: value}))
+    assert message.startswith(
+        f"{SRC}: storage.s3.{name}: the {BOOL_LABELS[name]} parameter should be a boolean"
+    )
+
+
+def test_null_means_default() -> None:
+    got = s3(secure=None, chunksize=None, storageclass=None, objectacl=None)
+    assert got == S3Config(bucket="b", region="us-east-1")
+
+
+# --------------------------------------------------------------------------------------------
+# integers (2.8 getParameterAsInt64) and ranges
+
+INT_RANGES = {
+    "chunksize": (5 * MiB, 5 * GiB),
+    "multipartcopychunksize": (5 * MiB, 5 * GiB),
+    "multipartcopymaxconcurrency": (1, 2**63 - 1),
+    "multipartcopythresholdsize": (0, 5 * GiB),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INT_RANGES))
+def test_int_range_edges_inside(name: str) -> None:
+    low, high = INT_RANGES[name]
+    for value in (low, high):
+        doc = {**s3_doc(**{name: value}), "mount": {"memory_budget": "20GiB"}}
+        assert getattr(parse(doc).s3, name) == value
+
+
+@pytest.mark.parametrize("name", sorted(INT_RANGES))
+@pytest.mark.parametrize("side", ["low", "high"])
+def test_int_range_edges_outside(name: str, side: str) -> None:
+    low, high = INT_RANGES[name]
+    value = low - 1 if side == "low" else high + 1
+    message = error(s3_doc(**{name: value}))
+    assert message == (
+        f"{SRC}: storage.s3.{name}: the {name} {value} parameter should be a number between "
+        f"{low} and {high} (inclusive)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("5242880", 5242880),
+        ("0x500000", 0x500000),
+        ("0X500000", 0x500000),
+        ("0o24000000", 5 * MiB),
+        ("024000000", 5 * MiB),  # Go: a leading 0 is octal
+        ("0b10100000000000000000000", 5 * MiB),
+        ("+5242880", 5242880),
+        ("5_242_880", 5242880),
+        ("0x_50_0000", 0x500000),
+    ],
+)
+def test_int_strings_like_go_parseint(text: str, value: int) -> None:
+    assert s3(chunksize=text).chunksize == value
+
+
+@pytest.mark.parametrize("text", ["10MB", "1e7", " 5242880", "5242880 ", "5.0", "", "0x", "08"])
+def test_int_strings_rejected(text: str) -> None:
+    message = error(s3_doc(chunksize=text))
+    assert (
+        f"storage.s3.chunksize: chunksize parameter must be an integer, {text} invalid" in message
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), [(5.5, "5.5"), (True, "true"), ([1], "a list")])
+def test_int_wrong_types(value: object, shown: str) -> None:
+    message = error(s3_doc(chunksize=value))
+    assert f"storage.s3.chunksize: invalid value for chunksize: {shown}" in message
+
+
+def test_int_range_error_after_string_parse() -> None:
+    message = error(s3_doc(multipartcopymaxconcurrency="0"))
+    assert "the multipartcopymaxconcurrency 0 parameter should be a number between 1 and" in message
+
+
+# --------------------------------------------------------------------------------------------
+# storageclass, objectacl, strings, regionendpoint
+
+
+@pytest.mark.parametrize("value", cfg.STORAGE_CLASSES)
+def test_storage_classes(value: str) -> None:
+    assert s3(storageclass=value).storageclass == value
+    assert s3(storageclass=value.lower()).storageclass == value
+
+
+@pytest.mark.parametrize("value", ["GLACIER", "DEEP_ARCHIVE", "", 5, ["STANDARD"]])
+def test_storage_class_rejected(value: object) -> None:
+    message = error(s3_doc(storageclass=value))
+    assert (
+        "storage.s3.storageclass: the storageclass parameter must be one of [NONE STANDARD "
+        "REDUCED_REDUNDANCY STANDARD_IA ONEZONE_IA INTELLIGENT_TIERING OUTPOSTS GLACIER_IR "
+        "EXPRESS_ONEZONE]," in message
+    )
+    assert message.endswith("invalid")
+
+
+@pytest.mark.parametrize("value", cfg.OBJECT_ACLS)
+def test_object_acls(value: str) -> None:
+    assert s3(objectacl=value).objectacl == value
+
+
+@pytest.mark.parametrize("value", ["Private", "PUBLIC-READ", "", "bucket-owner-enforced", 1])
+def test_object_acl_rejected(value: object) -> None:
+    message = error(s3_doc(objectacl=value))
+    assert f"storage.s3.objectacl: invalid value for objectacl parameter: {value}" in message
+
+
+def test_exactly_seven_acls_and_nine_classes() -> None:
+    assert len(cfg.OBJECT_ACLS) == 7
+    assert len(cfg.STORAGE_CLASSES) == 9
+
+
+@pytest.mark.parametrize("name", ["bucket", "region", "rootdirectory", "keyid", "useragent"])
+@pytest.mark.parametrize("value", [["x"], {"a": "b"}, True, 1.5])
+def test_string_wrong_types(name: str, value: object) -> None:
+    extra = {"encrypt": True} if name == "keyid" else {}
+    message = error(s3_doc(**{name: value}, **extra))
+    assert f"storage.s3.{name}: {name} must be a string" in message
+
+
+def test_yaml_integer_accepted_as_string_like_fmt_sprint() -> None:
+    got = s3(bucket=12345, rootdirectory=2024)
+    assert (got.bucket, got.rootdirectory) == ("12345", "2024")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "minio:9000",
+        "minio",
+        "10.0.0.1:9000",
+        "[::1]:9000",
+        "http://minio:9000",
+        "https://s3.example.com",
+        "https://s3.example.com/",
+        "https://gw.example.com/s3",
+    ],
+)
+def test_regionendpoint_accepted(endpoint: str) -> None:
+    assert s3(regionendpoint=endpoint).regionendpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://", "ftp://minio", "minio:99999", "minio:port", "mi nio:9000", "minio/path", "h?x=1"],
+)
+def test_regionendpoint_rejected(endpoint: str) -> None:
+    message = error(s3_doc(regionendpoint=endpoint))
+    assert "storage.s3.regionendpoint: invalid regionendpoint " in message
+
+
+# --------------------------------------------------------------------------------------------
+# derived values: endpoint_url, path_style, key_prefix
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "secure", "url"),
+    [
+        ("", True, None),
+        ("", False, None),
+        ("minio:9000", True, "https://minio:9000"),
+        ("minio:9000", False, "http://minio:9000"),
+        ("http://minio:9000", True, "http://minio:9000"),
+        ("https://minio:9000", False, "https://minio:9000"),
+    ],
+)
+def test_endpoint_url(endpoint: str, secure: bool, url: str | None) -> None:
+    got = S3Config(bucket="b", regionendpoint=endpoint, secure=secure)
+    assert got.endpoint_url() == url
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "force", "style"),
+    [("", False, False), ("", True, True), ("minio:9000", False, True), ("x", True, True)],
+)
+def test_path_style(endpoint: str, force: bool, style: bool) -> None:
+    got = S3Config(bucket="b", regionendpoint=endpoint, forcepathstyle=force)
+    assert got.path_style() is style
+
+
+@pytest.mark.parametrize(
+    ("root", "prefix"),
+    [
+        ("", ""),
+        ("/", ""),
+        ("//", ""),
+        ("/a/b/", "a/b/"),
+        ("a/b", "a/b/"),
+        ("a/b///", "a/b/"),
+        ("a//b", "a//b/"),
+        ("//a", "a/"),
+        ("/registry", "registry/"),
+    ],
+)
+def test_key_prefix_is_s3path(root: str, prefix: str) -> None:
+    got = S3Config(bucket="b", rootdirectory=root)
+    assert got.key_prefix() == prefix
+    rel = "docker/registry/v2/blobs/sha256/ab/abcd/data"
+    assert got.key_for(rel) == prefix + rel
+    # the driver's own formula, s3Path("/" + rel)
+    assert got.key_for(rel) == (root.rstrip("/") + "/" + rel).lstrip("/")
+
+
+# --------------------------------------------------------------------------------------------
+# secrets
+
+
+def test_secret_not_in_repr() -> None:
+    got = parse(s3_doc(secretkey=SECRET, accesskey="AKIDEXAMPLE"))
+    assert got.s3.secretkey == SECRET
+    assert SECRET not in repr(got) and SECRET not in str(got)
+    assert SECRET not in repr(got.s3)
+
+
+@pytest.mark.parametrize("value", [["x"], {"a": SECRET}, 12345, True, 1.5])
+def test_invalid_secret_message_has_no_value(value: object) -> None:
+    message = error(s3_doc(secretkey=value))
+    assert message == f"{SRC}: storage.s3.secretkey: must be a string"
+
+
+def test_secret_absent_from_other_errors_and_warnings() -> None:
+    assert SECRET not in error(s3_doc(secretkey=SECRET, chunksize=1))
+    got = parse(s3_doc(secretkey=SECRET, sessiontoken=SECRET, skipverify=True))
+    assert all(SECRET not in w for w in got.warnings)
+
+
+def test_secret_from_environment_is_verbatim() -> None:
+    for text in ["0123", "true", "abc #comment", "!tag", "[x", "1.5e3"]:
+        got = parse(s3_doc(), {"REGISTRY_STORAGE_S3_SECRETKEY": text})
+        assert got.s3.secretkey == text
+        assert "secretkey" not in repr(got.s3)
+
+
+# --------------------------------------------------------------------------------------------
+# unknown keys, aliases, document shape
+
+
+@pytest.mark.parametrize("key", ["sessiontoken", "credentialsconfigpath"])
+def test_not_registry_parameters_warn(key: str) -> None:
+    got = parse(s3_doc(**{key: "x"}))
+    assert got.warnings == (
+        f"{SRC}: storage.s3.{key}: not a parameter of the registry's S3 driver "
+        f"(use {'AWS_SESSION_TOKEN' if key == 'sessiontoken' else 'AWS_SHARED_CREDENTIALS_FILE'})"
+        "; ignored",
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["accelerate", "usedualstack", "usefipsendpoint", "loglevel", "redirectendpoint"]
+)
+def test_v3_only_parameters_warn(key: str) -> None:
+    (warning,) = parse(s3_doc(**{key: "x"})).warnings
+    assert warning.startswith(f"{SRC}: storage.s3.{key}: a registry v3 parameter")
+
+
+def test_unknown_and_miscased_keys_warn() -> None:
+    got = parse(s3_doc(foo=1, chunkSize=1))
+    assert f"{SRC}: storage.s3.foo: not a parameter of the registry's S3 driver; ignored" in (
+        got.warnings
+    )
+    assert any("storage.s3.chunkSize: parameter names are lower-case" in w for w in got.warnings)
+    assert got.s3.chunksize == 10 * MiB  # ignored, as the registry does
+
+
+def test_s3aws_alias_paths() -> None:
+    doc = {"storage": {"s3aws": {"bucket": "b", "region": "us-east-1"}}}
+    assert parse(doc).s3.bucket == "b"
+    message = error({"storage": {"s3aws": {"bucket": "b", "region": "r", "chunksize": 1}}})
+    assert "storage.s3aws.chunksize:" in message
+
+
+def test_both_s3_and_s3aws_is_an_error() -> None:
+    message = error({"storage": {"s3": {"bucket": "b"}, "s3aws": {"bucket": "c"}}})
+    assert message == f"{SRC}: storage: both s3 and s3aws are given; use one"
+
+
+def test_other_storage_keys_and_top_level_keys_ignored() -> None:
+    doc = {
+        "version": 0.1,
+        "log": {"level": "debug"},
+        "http": {"addr": ":5000"},
+        "storage": {
+            "s3": {"bucket": "b", "region": "us-east-1"},
+            "filesystem": {"rootdirectory": "/var/lib/registry"},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+            "redirect": {"disable": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        },
+    }
+    got = parse(doc)
+    assert got.s3.bucket == "b" and got.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        (["storage"], "the top level"),
+        ("text", "the top level"),
+        ({"storage": ["s3"]}, "storage"),
+        ({"storage": {"s3": "b"}}, "storage.s3"),
+        ({**s3_doc(), "mount": [1]}, "mount"),
+        ({**s3_doc(), "middleware": ["x"]}, "middleware"),
+    ],
+)
+def test_non_mappings_are_errors(doc: Any, where: str) -> None:
+    assert error(doc).startswith(f"{SRC}: {where}: must be a mapping; got ")
+
+
+def test_empty_s3_section_uses_environment() -> None:
+    env = {"REGISTRY_STORAGE_S3_BUCKET": "envb", "REGISTRY_STORAGE_S3_REGION": "eu-west-1"}
+    assert parse({"storage": {"s3": None}}, env).s3.bucket == "envb"
+
+
+# --------------------------------------------------------------------------------------------
+# environment overrides
+
+
+def test_environment_overrides_file() -> None:
+    env = {"REGISTRY_STORAGE_S3_BUCKET": "from-env", "REGISTRY_STORAGE_S3_CHUNKSIZE": "5242880"}
+    got = parse(s3_doc(bucket="from-file", chunksize=20 * MiB), env)
+    assert (got.s3.bucket, got.s3.chunksize) == ("from-env", 5 * MiB)
+
+
+def test_environment_only_config() -> None:
+    env = {
+        "REGISTRY_STORAGE_S3_BUCKET": "b",
+        "REGISTRY_STORAGE_S3_REGION": "eu-west-1",
+        "REGISTRY_STORAGE_S3_ENCRYPT": "true",
+        "REGISTRY_STORAGE_S3_CHUNKSIZE": "0x500000",
+        "REGISTRY_STORAGE_S3_ROOTDIRECTORY": "/reg",
+        "REGISTRY_MOUNT_FILE_MODE": "0640",
+        "REGISTRY_MOUNT_METADATA_TTL": "2s",
+        "REGISTRY_MOUNT_MEMORY_BUDGET": "1GiB",
+        "REGISTRY_MOUNT_ALLOW_OTHER": "true",
+        "HOME": "/root",
+    }
+    got = load_config(None, env)
+    assert got.s3 == S3Config(
+        bucket="b", region="eu-west-1", encrypt=True, chunksize=5 * MiB, rootdirectory="/reg"
+    )
+    assert got.mount.file_mode == 0o640 and got.mount.metadata_ttl == 2.0
+    assert got.mount.memory_budget == GiB and got.mount.allow_other is True
+    assert got.cloudfront is None
+
+
+def test_environment_error_names_variable() -> None:
+    message = error(s3_doc(), {"REGISTRY_STORAGE_S3_CHUNKSIZE": "1024"})
+    assert message == (
+        "environment variable REGISTRY_STORAGE_S3_CHUNKSIZE: the chunksize 1024 parameter should "
+        "be a number between 5242880 and 5368709120 (inclusive)"
+    )
+    message = error(s3_doc(), {"REGISTRY_STORAGE_S3_CHUNKSIZE": "10MB"})
+    assert "REGISTRY_STORAGE_S3_CHUNKSIZE: chunksize parameter must be an integer, 10MB" in message
+    assert "storage.s3.chunksize" not in message
+
+
+def test_environment_values_are_yaml_scalars() -> None:
+    env = {
+        "REGISTRY_STORAGE_S3_SECURE": "False",
+        "REGISTRY_STORAGE_S3_REGIONENDPOINT": "minio:9000",
+        "REGISTRY_STORAGE_S3_V4AUTH": "f",
+        "REGISTRY_STORAGE_S3_MULTIPARTCOPYMAXCONCURRENCY": "7",
+    }
+    got = parse(s3_doc(), env).s3
+    assert (got.secure, got.v4auth, got.multipartcopymaxconcurrency) == (False, False, 7)
+    # a YAML integer is not a 2.8 boolean, from the file or from the environment
+    assert "the encrypt parameter should be a boolean" in error(
+        s3_doc(), {"REGISTRY_STORAGE_S3_ENCRYPT": "1"}
+    )
+    assert "the encrypt parameter should be a boolean" in error(s3_doc(encrypt=1))
+    assert s3(encrypt="1").encrypt is True
+
+
+def test_environment_string_settings_keep_text() -> None:
+    env = {"REGISTRY_STORAGE_S3_BUCKET": "0123", "REGISTRY_STORAGE_S3_ROOTDIRECTORY": "on"}
+    got = parse(s3_doc(), env).s3
+    assert (got.bucket, got.rootdirectory) == ("0123", "on")
+    assert parse(s3_doc(), {"REGISTRY_STORAGE_S3_BUCKET": '"quoted"'}).s3.bucket == "quoted"
+
+
+def test_empty_or_null_environment_value_resets_to_default() -> None:
+    # as the registry: the variable overrides the file with YAML null, i.e. the default
+    env = {"REGISTRY_STORAGE_S3_CHUNKSIZE": ""}
+    assert parse(s3_doc(chunksize=6 * MiB), env).s3.chunksize == 10 * MiB
+    message = error(s3_doc(), {"REGISTRY_STORAGE_S3_BUCKET": "~"})
+    assert (
+        message == "environment variable REGISTRY_STORAGE_S3_BUCKET: no bucket parameter provided"
+    )
+
+
+def test_environment_s3aws_prefix_and_conflict() -> None:
+    assert parse(s3_doc(), {"REGISTRY_STORAGE_S3AWS_BUCKET": "x"}).s3.bucket == "x"
+    message = error(
+        s3_doc(), {"REGISTRY_STORAGE_S3AWS_BUCKET": "x", "REGISTRY_STORAGE_S3_BUCKET": "y"}
+    )
+    assert "REGISTRY_STORAGE_S3AWS_BUCKET" in message and "REGISTRY_STORAGE_S3_BUCKET" in message
+
+
+def test_environment_unknown_s3_parameter_warns() -> None:
+    got = parse(s3_doc(), {"REGISTRY_STORAGE_S3_SESSIONTOKEN": "tok"})
+    (warning,) = got.warnings
+    assert warning.startswith("environment variable REGISTRY_STORAGE_S3_SESSIONTOKEN: not a param")
+    assert "tok" not in warning
+
+
+def test_environment_unparsable_yaml() -> None:
+    message = error(s3_doc(), {"REGISTRY_STORAGE_S3_CHUNKSIZE": "[1"})
+    assert message.startswith("environment variable REGISTRY_STORAGE_S3_CHUNKSIZE: ")
+    assert "YAML" in message
+
+
+def test_mount_environment_overrides_and_typos() -> None:
+    got = parse(with_mount(metadata_ttl=5), {"REGISTRY_MOUNT_METADATA_TTL": "250ms"}).mount
+    assert got.metadata_ttl == 0.25
+    message = error(s3_doc(), {"REGISTRY_MOUNT_METADATA_TT": "1s"})
+    assert message.startswith("environment variable REGISTRY_MOUNT_METADATA_TT: unknown mount")
+    assert parse(s3_doc(), {"REGISTRY_MOUNT_DIR_MODE": "750"}).mount.dir_mode == 0o750
+    assert parse(s3_doc(), {"REGISTRY_MOUNT_LOG_LEVEL": "DEBUG"}).mount.log_level == "debug"
+
+
+# --------------------------------------------------------------------------------------------
+# mount section
+
+
+def test_mount_unknown_key_lists_known() -> None:
+    message = error(with_mount(metadata_tll=1))
+    assert message.startswith(f"{SRC}: mount.metadata_tll: unknown mount setting 'metadata_tll'")
+    for setting in cfg.MOUNT_SETTINGS:
+        assert setting.name in message
+
+
+@pytest.mark.parametrize("name", ["metadata_ttl", "immutable_ttl", "negative_ttl"])
+def test_ttls(name: str) -> None:
+    assert getattr(mount(**{name: 0}), name) == 0.0
+    assert getattr(mount(**{name: "0"}), name) == 0.0
+    assert getattr(mount(**{name: "1m30s"}), name) == 90.0
+    assert getattr(mount(**{name: 2.5}), name) == 2.5
+    assert getattr(mount(**{name: "2.5"}), name) == 2.5
+    assert getattr(mount(**{name: datetime.timedelta(seconds=3)}), name) == 3.0
+    for bad in (-1, "-1s", "-0.001", "5 s", "fast", True, float("nan"), float("inf"), [1]):
+        message = error(with_mount(**{name: bad}))
+        assert message.startswith(f"{SRC}: mount.{name}: ")
+        assert ">= 0" in message or "time:" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["janitor_age", "janitor_interval", "retry_time", "connect_timeout", "read_timeout"]
+)
+def test_positive_durations(name: str) -> None:
+    assert getattr(mount(**{name: "1ns"}), name) == 1e-9
+    assert getattr(mount(**{name: "168h"}), name) == 604800.0
+    for bad in (0, "0s", "-1m"):
+        assert "> 0" in error(with_mount(**{name: bad}))
+
+
+def test_duration_error_embeds_go_text() -> None:
+    message = error(with_mount(metadata_ttl="5x"))
+    assert 'time: unknown unit "x" in duration "5x"' in message
+
+
+def test_memory_budget_versus_chunksize() -> None:
+    doc = s3_doc(chunksize=100 * MiB)
+    doc["mount"] = {"memory_budget": "400MiB"}
+    assert parse(doc).mount.memory_budget == 400 * MiB
+    doc["mount"] = {"memory_budget": 400 * MiB - 1}
+    message = error(doc)
+    assert message.startswith(f"{SRC}: mount.memory_budget: {400 * MiB - 1} is less than 4 x")
+    assert "storage.s3.chunksize" in message and str(100 * MiB) in message
+    # the default budget against the largest chunksize: named even though not given
+    message = error(s3_doc(chunksize=5 * GiB))
+    assert message.startswith(f"{SRC}: mount.memory_budget: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [("max_connections", 1, 1024), ("retry_attempts", 1, 100), ("uid", -1, 2**32 - 2),
+     ("gid", -1, 2**32 - 2)],
+)  # fmt: skip
+def test_mount_int_ranges(name: str, low: int, high: int) -> None:
+    assert getattr(mount(**{name: low}), name) == low
+    assert getattr(mount(**{name: high}), name) == high
+    assert getattr(mount(**{name: str(high)}), name) == high
+    for bad in (low - 1, high + 1, "many", 2.0, True):
+        message = error(with_mount(**{name: bad}))
+        assert message.startswith(f"{SRC}: mount.{name}: must be an integer between {low} and")
+
+
+def test_read_ahead_range() -> None:
+    assert mount(read_ahead=MiB).read_ahead == MiB
+    assert mount(read_ahead="256MiB").read_ahead == 256 * MiB
+    assert "must be >= 1 MiB" in error(with_mount(read_ahead=MiB - 1))
+
+
+def test_small_file_size_range() -> None:
+    assert mount(small_file_size=0).small_file_size == 0
+    assert mount(small_file_size="64MiB").small_file_size == 64 * MiB
+    message = error(with_mount(small_file_size=64 * MiB + 1))
+    assert "must be between 0 and 64 MiB" in message
+
+
+def test_spool() -> None:
+    assert mount(spool_limit=0).spool_limit == 0
+    assert "negative" in error(with_mount(spool_limit=-1))
+    assert mount(spool_limit="2GB").spool_limit == 2 * 10**9
+
+
+def test_spool_dir(tmp_path: Path) -> None:
+    assert mount(spool_dir=str(tmp_path)).spool_dir == str(tmp_path)
+    missing = str(tmp_path / "nope")
+    assert error(with_mount(spool_dir=missing)).endswith(f"{missing} is not a directory")
+    assert mount(spool_dir=missing, spool_limit=0).spool_dir == missing  # not used
+    assert cfg.spool_directory(MountConfig(spool_dir=str(tmp_path))) == str(tmp_path)
+    assert cfg.spool_directory(MountConfig()) != ""
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [(0o644, 0o644), ("0644", 0o644), ("644", 0o644), ("0o644", 0o644), ("0O755", 0o755),
+     (0, 0), (0o7777, 0o7777), ("7777", 0o7777), (" 0600 ", 0o600)],
+)  # fmt: skip
+def test_modes(value: object, mode: int) -> None:
+    assert mount(file_mode=value).file_mode == mode
+    assert mount(dir_mode=value).dir_mode == mode
+
+
+@pytest.mark.parametrize("value", [0o10000, -1, "0888", "rw-r--r--", "", True, 6.44, "010000"])
+def test_modes_rejected(value: object) -> None:
+    message = error(with_mount(file_mode=value))
+    assert message.startswith(f"{SRC}: mount.file_mode: must be an octal mode")
+
+
+def test_decimal_looking_mode_warns() -> None:
+    got = parse(with_mount(file_mode=644))
+    assert got.mount.file_mode == 644
+    (warning,) = got.warnings
+    assert warning.startswith(f"{SRC}: mount.file_mode: 644 is decimal (= 1204 octal)")
+    assert parse(with_mount(file_mode=0o644)).warnings == ()
+
+
+def test_log_level() -> None:
+    assert mount(log_level="WARNING").log_level == "warning"
+    assert "log_level must be one of debug, info, warning, error" in error(
+        with_mount(log_level="verbose")
+    )
+
+
+def test_mount_bools() -> None:
+    assert mount(janitor="false", allow_other=True) == MountConfig(janitor=False, allow_other=True)
+    assert "the janitor parameter should be a boolean" in error(with_mount(janitor="nope"))
+
+
+# --------------------------------------------------------------------------------------------
+# parse_duration: Go time.ParseDuration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0.0),
+        ("-0", 0.0),
+        ("+0", 0.0),
+        ("5s", 5.0),
+        ("30s", 30.0),
+        ("1478s", 1478.0),
+        ("-5s", -5.0),
+        ("+5s", 5.0),
+        ("-0s", 0.0),
+        ("5.0s", 5.0),
+        ("5.6s", 5.6),
+        ("5.s", 5.0),
+        (".5s", 0.5),
+        ("1.0s", 1.0),
+        ("1.00s", 1.0),
+        ("1.004s", 1.004),
+        ("1.0040s", 1.004),
+        ("100.00100s", 100.001),
+        ("10ns", 10e-9),
+        ("11us", 11e-6),
+        ("12µs", 12e-6),
+        ("12μs", 12e-6),
+        ("13ms", 0.013),
+        ("14s", 14.0),
+        ("15m", 900.0),
+        ("16h", 57600.0),
+        ("3h30m", 12600.0),
+        ("10.5s4m", 250.5),
+        ("-2m3.4s", -123.4),
+        ("1h2m3s4ms5us6ns", 3723.004005006),
+        ("39h9m14.425s", 140954.425),
+        ("52763797000ns", 52.763797),
+        ("0.3333333333333333333h", 1200.0),
+        ("9007199254740993ns", 9007199.254740993),
+        ("9223372036854775807ns", 9223372036.854775807),
+        ("9223372036854775.807us", 9223372036.854775807),
+        ("9223372036s854ms775us807ns", 9223372036.854775807),
+        ("-9223372036854775808ns", -9223372036.854775808),
+        ("0.100000000000000000000h", 360.0),
+        ("0.830103483285477580700h", 2988.372539827),
+        ("20m", 1200.0),
+        ("3000s", 3000.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+    ],
+)
+def test_parse_duration_go_cases(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds, rel=1e-15, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", 'time: invalid duration ""'),
+        ("3", 'time: missing unit in duration "3"'),
+        ("-", 'time: invalid duration "-"'),
+        ("s", 'time: invalid duration "s"'),
+        (".", 'time: invalid duration "."'),
+        ("-.", 'time: invalid duration "-."'),
+        (".s", 'time: invalid duration ".s"'),
+        ("+.s", 'time: invalid duration "+.s"'),
+        ("1d", 'time: unknown unit "d" in duration "1d"'),
+        ("1.1.1s", 'time: missing unit in duration "1.1.1s"'),
+        ("3000000h", 'time: invalid duration "3000000h"'),
+        ("9223372036854775808ns", 'time: invalid duration "9223372036854775808ns"'),
+        ("9223372036854775.808us", 'time: invalid duration "9223372036854775.808us"'),
+        ("9223372036854ms775us808ns", 'time: invalid duration "9223372036854ms775us808ns"'),
+        ("-9223372036854775809ns", 'time: invalid duration "-9223372036854775809ns"'),
+        ("5 s", 'time: unknown unit " s" in duration "5 s"'),
+        ("1é", 'time: unknown unit "\\xc3\\xa9" in duration "1\\xc3\\xa9"'),
+    ],
+)
+def test_parse_duration_go_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(text)
+    assert str(info.value) == message
+
+
+def test_parse_duration_needs_a_string() -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# parse_size
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (1048576, MiB),
+        ("1048576", MiB),
+        ("512MiB", 512 * MiB),
+        ("512 MiB", 512 * MiB),
+        ("512mib", 512 * MiB),
+        ("10MB", 10_000_000),
+        ("1GiB", GiB),
+        ("1GB", 10**9),
+        ("1.5GiB", 3 * GiB // 2),
+        ("4KiB", 4096),
+        ("4kB", 4000),
+        ("2TiB", 2 * 2**40),
+        ("2TB", 2 * 10**12),
+        ("100B", 100),
+        (".5KiB", 512),
+        (2.0 * MiB, 2 * MiB),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value, "mount.x") == size
+
+
+@pytest.mark.parametrize(
+    "value", ["", "M", "10M", "10 XB", "1.5B", "-1MiB", -1, "1e6", True, None, [1], 1.5, "1_000"]
+)
+def test_parse_size_rejects(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_size(value, "mount.memory_budget")
+    assert str(info.value).startswith("mount.memory_budget: ")
+
+
+# --------------------------------------------------------------------------------------------
+# CloudFront
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def write_pem(path: Path, data: bytes, mode: int = 0o600) -> str:
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def rsa_pem(
+    key: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat, password: bytes = b""
+) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password
+        else serialization.NoEncryption()
+    )  # fmt: skip
+    return key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
+
+
+@pytest.fixture
+def pkcs1(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> str:
+    pem = rsa_pem(rsa_key, serialization.PrivateFormat.TraditionalOpenSSL)
+    assert pem.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    return write_pem(tmp_path / "pkcs1.pem", pem)
+
+
+def cf_doc(**options: Any) -> dict[str, Any]:
+    doc = s3_doc()
+    doc["middleware"] = {"storage": [{"name": "cloudfront", "options": options}]}
+    return doc
+
+
+def cf_options(key: str, **extra: Any) -> dict[str, Any]:
+    return {"baseurl": "d111.cloudfront.net", "privatekey": key, "keypairid": "K2JCJ", **extra}
+
+
+def cloudfront(key: str, **extra: Any) -> CloudFrontConfig:
+    got = parse(cf_doc(**cf_options(key, **extra))).cloudfront
+    assert got is not None
+    return got
+
+
+CF = f"{SRC}: middleware.storage[0].options"
+
+
+def test_cloudfront_pkcs1(pkcs1: str) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1)))
+    assert got.cloudfront == CloudFrontConfig(
+        baseurl="https://d111.cloudfront.net/", privatekey=pkcs1, keypairid="K2JCJ"
+    )
+    assert got.warnings == ()
+
+
+def test_cloudfront_pkcs8(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    pem = rsa_pem(rsa_key, serialization.PrivateFormat.PKCS8)
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    key = write_pem(tmp_path / "pkcs8.pem", pem)
+    assert cloudfront(key).privatekey == key
+
+
+def test_cloudfront_rejects_ec_and_ed25519_keys(tmp_path: Path) -> None:
+    keys: dict[str, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey] = {
+        "ec": ec.generate_private_key(ec.SECP256R1()),
+        "ed": ed25519.Ed25519PrivateKey.generate(),
+    }
+    for name, key in keys.items():
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path = write_pem(tmp_path / f"{name}.pem", pem)
+        message = error(cf_doc(**cf_options(path)))
+        assert message.startswith(
+            f"{CF}.privatekey: failed to decode private key as an rsa private key: {path}: "
+            "the key is not RSA"
+        )
+
+
+@pytest.mark.parametrize(
+    "fmt", [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL]
+)
+def test_cloudfront_rejects_encrypted_keys(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat
+) -> None:
+    path = write_pem(tmp_path / "enc.pem", rsa_pem(rsa_key, fmt, password=b"hunter2"))
+    message = error(cf_doc(**cf_options(path)))
+    assert "failed to decode private key as an rsa private key" in message
+    assert "encrypted" in message
+
+
+def test_cloudfront_rejects_garbage_without_echoing_it(tmp_path: Path) -> None:
+    marker = "TOPSECRETKEYMATERIAL"
+    garbage = f"-----BEGIN RSA PRIVATE KEY-----\n{marker}\n-----END RSA PRIVATE KEY-----\n"
+    path = write_pem(tmp_path / "bad.pem", garbage.encode())
+    message = error(cf_doc(**cf_options(path)))
+    assert message.startswith(
+        f"{CF}.privatekey: failed to decode private key as an rsa private key: {path}: "
+    )
+    assert marker not in message
+    empty = write_pem(tmp_path / "empty.pem", b"")
+    assert "failed to decode private key" in error(cf_doc(**cf_options(empty)))
+
+
+def test_cloudfront_missing_key_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing.pem")
+    message = error(cf_doc(**cf_options(path)))
+    assert message == (
+        f"{CF}.privatekey: failed to read privatekey file: {path}: No such file or directory"
+    )
+    assert "failed to read privatekey file" in error(cf_doc(**cf_options(str(tmp_path))))
+
+
+def test_cloudfront_key_mode_warning(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    pem = rsa_pem(rsa_key, serialization.PrivateFormat.TraditionalOpenSSL)
+    path = write_pem(tmp_path / "open.pem", pem, mode=0o644)
+    got = parse(cf_doc(**cf_options(path)))
+    (warning,) = got.warnings
+    assert path in warning and "0644" in warning
+    assert got.cloudfront is not None and got.cloudfront.warnings() == [warning]
+    assert pem.decode() not in warning
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"privatekey": "k", "keypairid": "K"}, "baseurl: no baseurl provided"),
+        ({"baseurl": "", "privatekey": "k", "keypairid": "K"}, "baseurl: no baseurl provided"),
+        ({"baseurl": "x.net", "keypairid": "K"}, "privatekey: no privatekey provided"),
+        ({"baseurl": "x.net", "privatekey": "", "keypairid": "K"},
+         "privatekey: no privatekey provided"),
+        ({"baseurl": "x.net", "privatekey": 5, "keypairid": "K"},
+         "privatekey: privatekey must be a string"),
+        ({"baseurl": ["x"], "privatekey": "k", "keypairid": "K"},
+         "baseurl: baseurl must be a string"),
+    ],
+)  # fmt: skip
+def test_cloudfront_required_options(options: dict[str, Any], text: str) -> None:
+    assert error(cf_doc(**options)).startswith(f"{CF}.{text}")
+
+
+def test_cloudfront_keypairid(pkcs1: str) -> None:
+    options = cf_options(pkcs1)
+    del options["keypairid"]
+    assert error(cf_doc(**options)) == f"{CF}.keypairid: no keypairid provided"
+    assert "keypairid: invalid keypairid" in error(cf_doc(**cf_options(pkcs1, keypairid="K&x")))
+    assert "keypairid must be a string" in error(cf_doc(**cf_options(pkcs1, keypairid=["K"])))
+
+
+def test_cloudfront_options_missing_entirely() -> None:
+    doc = s3_doc()
+    doc["middleware"] = {"storage": [{"name": "cloudfront"}]}
+    assert error(doc) == f"{CF}.baseurl: no baseurl provided"
+
+
+@pytest.mark.parametrize(
+    ("given", "normalised"),
+    [
+        ("d111.cloudfront.net", "https://d111.cloudfront.net/"),
+        ("d111.cloudfront.net/", "https://d111.cloudfront.net/"),
+        ("https://d111.cloudfront.net", "https://d111.cloudfront.net/"),
+        ("http://cdn.example.com/prefix", "http://cdn.example.com/prefix/"),
+        ("https://cdn.example.com:8443/a/", "https://cdn.example.com:8443/a/"),
+    ],
+)
+def test_cloudfront_baseurl_normalised(pkcs1: str, given: str, normalised: str) -> None:
+    assert cloudfront(pkcs1, baseurl=given).baseurl == normalised
+
+
+@pytest.mark.parametrize(
+    "given", ["ftp://cdn.example.com", "https://", "https://x:99999", "https://x/?a=b", "a b.net"]
+)
+def test_cloudfront_baseurl_invalid(pkcs1: str, given: str) -> None:
+    message = error(cf_doc(**cf_options(pkcs1, baseurl=given)))
+    assert message.startswith(f"{CF}.baseurl: invalid baseurl: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("20m", 1200.0), ("3000s", 3000.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("1s", 1.0),
+     (datetime.timedelta(minutes=5), 300.0)],
+)  # fmt: skip
+def test_cloudfront_duration(pkcs1: str, value: object, seconds: float) -> None:
+    assert cloudfront(pkcs1, duration=value).duration == seconds
+
+
+@pytest.mark.parametrize("value", [3000, 1.5, True])
+def test_cloudfront_duration_non_string_ignored_with_warning(pkcs1: str, value: object) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1, duration=value)))
+    assert got.cloudfront is not None and got.cloudfront.duration == 1200.0
+    (warning,) = got.warnings
+    assert warning.startswith(f"{CF}.duration: ") and "ignores" in warning
+
+
+def test_cloudfront_duration_invalid(pkcs1: str) -> None:
+    message = error(cf_doc(**cf_options(pkcs1, duration="20 minutes")))
+    assert message == (
+        f'{CF}.duration: invalid duration: time: unknown unit " minutes" in duration "20 minutes"'
+    )
+    for short in ("300ms", "0", "-5m"):
+        message = error(cf_doc(**cf_options(pkcs1, duration=short)))
+        assert message.startswith(f"{CF}.duration: invalid duration: ")
+
+
+def test_cloudfront_ipfilteredby(pkcs1: str) -> None:
+    assert cloudfront(pkcs1, ipfilteredby=" None ").ipfilteredby == "none"
+    assert cloudfront(pkcs1, ipfilteredby="").ipfilteredby == "none"
+    got = parse(cf_doc(**cf_options(pkcs1, ipfilteredby="AWS")))
+    assert got.cloudfront is not None and got.cloudfront.ipfilteredby == "aws"
+    assert any("ipfilteredby aws cannot apply to a mount" in w for w in got.warnings)
+    text = "ipfilteredby only allows a string the following value: none|aws|awsregion"
+    for bad in ("all", 1, ["aws"]):
+        assert error(cf_doc(**cf_options(pkcs1, ipfilteredby=bad))).startswith(
+            f"{CF}.ipfilteredby: {text}"
+        )
+
+
+def test_cloudfront_awsregion(pkcs1: str) -> None:
+    got = cloudfront(pkcs1, ipfilteredby="awsregion", awsregion=" US-East-1 , eu-west-1,")
+    assert got.awsregion == ("us-east-1", "eu-west-1")
+    assert any("awsregion us-east-1,eu-west-1" in w for w in got.warnings())
+    message = error(cf_doc(**cf_options(pkcs1, ipfilteredby="awsregion")))
+    assert message.startswith(f"{CF}.awsregion: awsRegion is not defined")
+    message = error(cf_doc(**cf_options(pkcs1, ipfilteredby="awsregion", awsregion=["x"])))
+    assert "awsRegion must be a comma separated string of valid aws regions" in message
+
+
+def test_cloudfront_updatefrequency(pkcs1: str) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1, updatefrequency="1h")))
+    assert got.cloudfront is not None and got.cloudfront.updatefrequency == 3600.0
+    assert any("updatefrequency only feeds ipfilteredby" in w for w in got.warnings)
+    message = error(cf_doc(**cf_options(pkcs1, updatefrequency="often")))
+    assert message.startswith(f"{CF}.updatefrequency: invalid updatefrequency string: time:")
+
+
+def test_cloudfront_updatefrenquency_bug_not_replicated(pkcs1: str) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1, updatefrenquency="6h")))
+    assert got.cloudfront is not None
+    assert got.cloudfront.updatefrequency == 21600.0
+    assert got.cloudfront.duration == 1200.0  # 2.8 would have set duration to 6h
+    assert any("updatefrenquency: read as updatefrequency" in w for w in got.warnings)
+    both = cf_options(pkcs1, updatefrenquency="6h", updatefrequency="1h")
+    assert "both updatefrequency and updatefrenquency" in error(cf_doc(**both))
+
+
+def test_cloudfront_iprangesurl(pkcs1: str) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1, iprangesurl="https://example.com/r.json")))
+    assert any("iprangesurl only feeds ipfilteredby" in w for w in got.warnings)
+    assert error(cf_doc(**cf_options(pkcs1, iprangesurl=5))).startswith(
+        f"{CF}.iprangesurl: iprangesurl must be a string"
+    )
+
+
+def test_cloudfront_rootrelative_and_unknown_option(pkcs1: str) -> None:
+    got = parse(cf_doc(**cf_options(pkcs1, rootrelative="true", bogus=1)))
+    assert got.cloudfront is not None and got.cloudfront.rootrelative is True
+    assert f"{CF}.bogus: not an option of the cloudfront middleware; ignored" in got.warnings
+    assert "the rootrelative parameter should be a boolean" in error(
+        cf_doc(**cf_options(pkcs1, rootrelative="maybe"))
+    )
+
+
+def test_cloudfront_cabundle(tmp_path: Path, pkcs1: str, rsa_key: rsa.RSAPrivateKey) -> None:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(rsa_key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(rsa_key, hashes.SHA256())
+    )  # fmt: skip
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert cloudfront(pkcs1, cabundle=str(bundle)).cabundle == str(bundle)
+    missing = str(tmp_path / "none.pem")
+    assert "failed to read cabundle file" in error(cf_doc(**cf_options(pkcs1, cabundle=missing)))
+    assert "holds no PEM certificate" in error(cf_doc(**cf_options(pkcs1, cabundle=pkcs1)))
+
+
+def test_other_middleware_warns_and_two_cloudfronts_fail(pkcs1: str) -> None:
+    doc = cf_doc(**cf_options(pkcs1))
+    doc["middleware"]["storage"].insert(0, {"name": "redirect", "options": {"baseurl": "x"}})
+    got = parse(doc)
+    assert got.cloudfront is not None
+    assert got.warnings == (
+        f"{SRC}: middleware.storage[0]: storage middleware 'redirect' is ignored by a mount",
+    )
+    doc["middleware"]["storage"].append(doc["middleware"]["storage"][1])
+    assert (
+        error(doc) == f"{SRC}: middleware.storage[2]: more than one cloudfront middleware; use one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("middleware", "text"),
+    [
+        ({"storage": {"name": "cloudfront"}}, "middleware.storage: must be a list"),
+        ({"storage": ["cloudfront"]}, "middleware.storage[0]: must be a mapping"),
+        ({"storage": [{"options": {}}]}, "middleware.storage[0].name: must be a string"),
+        ({"storage": [{"name": "cloudfront", "options": "x"}]},
+         "middleware.storage[0].options: must be a mapping"),
+    ],
+)  # fmt: skip
+def test_middleware_shape_errors(middleware: dict[str, Any], text: str) -> None:
+    assert error({**s3_doc(), "middleware": middleware}).startswith(f"{SRC}: {text}")
+
+
+def test_other_middleware_kinds_ignored() -> None:
+    doc = {**s3_doc(), "middleware": {"registry": [{"name": "x"}], "repository": []}}
+    assert parse(doc).cloudfront is None
+
+
+# --------------------------------------------------------------------------------------------
+# load_config: files
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_load_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: us-east-1\n"
+        "    chunksize: 0x500000\nmount:\n  file_mode: 0600\n  memory_budget: 1GiB\n",
+    )
+    got = load_config(path, {}, ["us-east-1"])
+    assert got.s3.chunksize == 5 * MiB
+    assert (got.mount.file_mode, got.mount.memory_budget) == (0o600, GiB)
+
+
+def test_load_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  s3:\n    bucket: b\n    region: r\n    chunksize: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value).startswith(f"{path}: storage.s3.chunksize: the chunksize 1 parameter")
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.yml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"{path}: cannot read configuration file: No such file or directory"
+
+
+def test_load_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, f"storage:\n  s3:\n    secretkey: {SECRET}\n    bucket: [b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    message = str(info.value)
+    assert message.startswith(f"{path}:5:1: invalid YAML: ")
+    assert "\n" not in message and SECRET not in message
+
+
+def test_load_duplicate_keys_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  s3:\n    bucket: a\n    bucket: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value).startswith(f"{path}:4:5: invalid YAML: ")
+    assert "duplicate key 'bucket'" in str(info.value)
+
+
+def test_load_merge_keys_still_work(tmp_path: Path) -> None:
+    text = (
+        "base: &base\n  bucket: a\n  region: us-east-1\n"
+        "storage:\n  s3:\n    <<: *base\n    bucket: b\n"
+    )
+    assert load_config(write(tmp_path, text), {}).s3.bucket == "b"
+
+
+def test_load_empty_file_uses_environment(tmp_path: Path) -> None:
+    env = {"REGISTRY_STORAGE_S3_BUCKET": "b", "REGISTRY_STORAGE_S3_REGION": "us-east-1"}
+    assert load_config(write(tmp_path, ""), env).s3.bucket == "b"
+
+
+def test_load_top_level_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == f"{path}: the top level: must be a mapping; got a list"
+
+
+def test_load_environment_only_error_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"REGISTRY_STORAGE_S3_REGION": "us-east-1"})
+    assert str(info.value) == "<environment>: storage.s3.bucket: no bucket parameter provided"
+
+
+def test_load_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_bytes(b"storage: \xff\xfe\x00\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value).startswith(f"{path}")
+    assert "\n" not in str(info.value)
