@@ -236,9 +236,21 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
         aws_secret_access_key=s3.secretkey if static else None,
     )
     verify: bool | None = False if s3.skipverify else None
-    return session.client(
+    client = session.client(
         "s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify, use_ssl=s3.secure
     )
+    client.meta.events.register("before-send.s3", _drop_expect_header)
+    return client
+
+
+def _drop_expect_header(request: Any, **_: Any) -> None:
+    """Send bodies without `Expect: 100-continue` (the header is not signed).
+
+    When a server refuses such a request before reading its body and keeps the connection
+    alive (Ceph RGW does), botocore leaves the pooled connection half-read and the next
+    request on it stalls for the whole read timeout (boto/botocore#3010).
+    """
+    request.headers.pop("Expect", None)
 
 
 def known_regions() -> list[str]:
@@ -540,19 +552,21 @@ class Store:
             if exc.code != "NoSuchUpload":
                 raise
 
-    async def copy(self, source_key: str, key: str) -> None:
-        """CopyObject with the registry headers (metadata directive COPY, as the driver)."""
+    async def copy(self, source_key: str, key: str) -> str:
+        """CopyObject with the registry headers (metadata directive COPY, as the driver);
+        returns the new object's ETag."""
         check_key(key)
 
-        def work() -> None:
-            self._client.copy_object(
+        def work() -> str:
+            resp = self._client.copy_object(
                 Bucket=self._bucket,
                 Key=key,
                 CopySource={"Bucket": self._bucket, "Key": source_key},
                 **self._write_args,
             )
+            return str(resp.get("CopyObjectResult", {}).get("ETag", ""))
 
-        await self._call("CopyObject", key, work, write=True)
+        return await self._call("CopyObject", key, work, write=True)
 
     async def delete(self, key: str) -> None:
         """DeleteObject; S3 answers 204 whether or not the key existed, so retries are safe."""

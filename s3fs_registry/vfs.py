@@ -561,7 +561,7 @@ class Filesystem:
         dst_key = self.ns.prefix + self.ns.child_rel(new_parent, new_name)
         if src.in_s3 or not src.local:
             size = src.size if self.ns.fresh(src) else (await self.store.head(src_key)).size
-            await self.copy_object(src_key, dst_key, size)
+            src.etag = await self.copy_object(src_key, dst_key, size)
             await self.store.delete(src_key)
             src.size = size
         old_parent, old_name = src.parent, src.name
@@ -571,12 +571,12 @@ class Filesystem:
         src.checked = self.ns.clock()
         self.ns.note_entry(new_parent, new_name, Entry(False, src.size, src.mtime, src.etag))
 
-    async def copy_object(self, src_key: str, dst_key: str, size: int) -> None:
-        """CopyObject up to the threshold, else parallel UploadPartCopy (the driver's `copy`)."""
+    async def copy_object(self, src_key: str, dst_key: str, size: int) -> str:
+        """CopyObject up to the threshold, else parallel UploadPartCopy (the driver's `copy`);
+        returns the new ETag."""
         s3 = self.config.s3
         if size <= s3.multipartcopythresholdsize:
-            await self.store.copy(src_key, dst_key)
-            return
+            return await self.store.copy(src_key, dst_key)
         chunk = max(s3.multipartcopychunksize, -(-size // MAX_PARTS))
         upload_id = await self.store.create_multipart(dst_key)
         etags: dict[int, str] = {}
@@ -587,7 +587,7 @@ class Filesystem:
                     nursery.start_soon(
                         self._copy_part, dst_key, upload_id, number, src_key, first, last, etags
                     )
-            await self.store.complete_multipart(
+            return await self.store.complete_multipart(
                 dst_key, upload_id, [etags[n] for n in sorted(etags)]
             )
         except BaseException:
@@ -637,7 +637,7 @@ class Filesystem:
         self.ns.forget_entry(old_parent, old_name)
         self.ns.note_entry(new_parent, new_name, Entry(True, 0, self.dir_mtime))
         for node in [src, *self.ns.descendants(src)]:
-            node.listing = None
+            node.listing, node.etag = None, ""  # copies have new ETags
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -1,0 +1,272 @@
+"""The commands as an operator runs them: exit codes, one-line errors, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import MountFactory
+from tests.mounts import REPO, S3Server, free_port, s3_config
+
+SECRET = "sekrit-value-never-logged-0123456789"
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "s3fs_registry", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_config(path: Path, s3: dict[str, Any], **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump({"storage": {"s3": s3}, **sections}))
+    return path
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_version_and_help() -> None:
+    assert run("--version").stdout.startswith("s3fs-registry ")
+    assert "mount" in run("--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"chunksize": 1024}, "chunksize"),
+        ({"storageclass": "GOLD"}, "storageclass"),
+        ({"objectacl": "everyone"}, "objectacl"),
+        ({"v4auth": "maybe"}, "v4auth"),
+        ({"bucket": None}, "no bucket parameter provided"),
+        ({"keyid": "k", "encrypt": False}, "keyid"),
+    ],
+)
+def test_bad_config_stops_before_mounting(
+    moto: S3Server, tmp_path: Path, override: dict[str, Any], needle: str
+) -> None:
+    block = {**s3_config(moto, "b", secretkey=SECRET), **override}
+    block = {k: v for k, v in block.items() if v is not None}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run("mount", "--config", str(write_config(tmp_path / "c.yml", block)), str(mnt))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert needle in line and SECRET not in line
+    assert not os.path.ismount(mnt)
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("storage:\n  s3: [unclosed\n")
+    result = run("check", "--config", str(bad))
+    assert result.returncode == 2 and "bad.yml" in one_line(result)
+    result = run("check", "--config", str(tmp_path / "missing.yml"))
+    assert result.returncode == 2 and "missing.yml" in one_line(result)
+
+
+def test_missing_bucket(moto: S3Server, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config = write_config(tmp_path / "c.yml", s3_config(moto, "no-such-bucket-here"))
+    result = run("mount", "--config", str(config), "--foreground", str(mnt))
+    assert result.returncode == 5
+    assert "no-such-bucket-here" in result.stderr and "does not exist" in result.stderr
+    assert not os.path.ismount(mnt)
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 5 and "does not exist" in one_line(result)
+
+
+def test_unreachable_endpoint(moto: S3Server, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    block = s3_config(moto, "b", regionendpoint=endpoint)
+    result = run(
+        "mount",
+        "--config",
+        str(write_config(tmp_path / "c.yml", block)),
+        str(mnt),
+        env={"REGISTRY_MOUNT_RETRY_TIME": "2"},
+    )
+    assert result.returncode == 3
+    assert "cannot reach S3" in one_line(result) and endpoint in result.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) -> None:
+    bucket = moto.new_bucket()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config = write_config(
+        tmp_path / "c.yml",
+        s3_config(moto, bucket),
+        mount={"log_file": str(tmp_path / "daemon.log")},
+    )
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        assert os.path.ismount(mnt)
+        (mnt / "f").write_text("background")
+        assert moto.get(bucket, "reg/f") == b"background"
+        result = run("mount", "--config", str(config), str(mnt))
+        assert result.returncode == 7 and "already" in one_line(result)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    deadline = time.monotonic() + 20
+    while "unmounted" not in (tmp_path / "daemon.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "unmounted" in (tmp_path / "daemon.log").read_text()
+
+
+def test_environment_overrides_the_file(moto: S3Server, mount_factory: MountFactory) -> None:
+    bucket = moto.new_bucket()
+    mount = mount_factory(
+        moto,
+        "ignored-bucket-name-x",
+        env={
+            "REGISTRY_STORAGE_S3_BUCKET": bucket,
+            "REGISTRY_STORAGE_S3_ROOTDIRECTORY": "/from/env",
+        },
+    )
+    (mount.path / "f").write_text("env")
+    assert moto.get(bucket, "from/env/f") == b"env"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "umount"])
+def test_shutdown_completes_pending_uploads(
+    moto: S3Server, mount_factory: MountFactory, how: str
+) -> None:
+    mount = mount_factory(moto, s3={"chunksize": 5 * 1024 * 1024})
+    payload = os.urandom(7 * 1024 * 1024 + 3)
+    if how == "umount":
+        (mount.path / "f").write_bytes(payload)
+        subprocess.run(["umount", str(mount.path)], check=True)
+        code = mount.stop()
+    else:
+        fd = os.open(mount.path / "f", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, payload)  # still open: the daemon must finish this upload itself
+        code = mount.signal(getattr(signal, how))
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the mount is gone; the close cannot reach the daemon any more
+    assert code == 0, mount.log()[-3000:]
+    assert moto.get(mount.bucket, "reg/f") == payload
+    assert not os.path.ismount(mount.path)
+
+
+def test_check_reports_every_permission(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.new_bucket()
+    config = write_config(tmp_path / "c.yml", s3_config(s3, bucket))
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for permission in (
+        "ListBucket",
+        "GetBucketLocation",
+        "ListBucketMultipartUploads",
+        "PutObject",
+        "GetObject",
+        "DeleteObject",
+        "ListMultipartUploadParts",
+        "AbortMultipartUpload",
+    ):
+        assert f"s3:{permission}" in result.stdout and "MISSING" not in result.stdout
+    assert s3.keys(bucket) == [] and s3.uploads(bucket) == []
+
+
+def _restricted_user(rgw: S3Server, bucket: str, actions: list[str]) -> tuple[str, str]:
+    gateway = rgw.extra["gateway"]
+    uid = f"limited{os.getpid()}{time.monotonic_ns() % 100000}"
+    gateway.create_user(uid, uid, uid + "-secret")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": [f"arn:aws:iam:::user/{uid}"]},
+                "Action": [f"s3:{a}" for a in actions],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+    rgw.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    return uid, uid + "-secret"
+
+
+def test_check_and_mount_with_refused_permissions(rgw: S3Server, tmp_path: Path) -> None:
+    bucket = rgw.new_bucket()
+    granted = ["ListBucket", "GetBucketLocation", "PutObject", "GetObject"]
+    access, secret = _restricted_user(rgw, bucket, granted)
+    config = write_config(
+        tmp_path / "c.yml", s3_config(rgw, bucket, accesskey=access, secretkey=secret)
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 6, result.stdout + result.stderr
+    table = {
+        line.split()[0]: line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("s3:")
+    }
+    assert {f"s3:{a}" for a in granted} <= {k for k, v in table.items() if v == "granted"}
+    # RGW lets the initiator of an upload list its parts whatever the policy says
+    assert {k for k, v in table.items() if v == "MISSING"} == {
+        "s3:ListBucketMultipartUploads",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }, result.stdout
+    assert secret not in result.stdout + result.stderr
+    denied_all = write_config(
+        tmp_path / "d.yml",
+        s3_config(rgw, bucket, accesskey=access, secretkey=secret, rootdirectory="/x"),
+    )
+    _restricted_user(rgw, bucket, ["GetObject"])  # now not even ListBucket
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run("mount", "--config", str(denied_all), str(mnt))
+    assert result.returncode in (4, 6)
+
+
+def test_wrong_credentials(rgw: S3Server, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config = write_config(tmp_path / "c.yml", s3_config(rgw, rgw.new_bucket(), secretkey=SECRET))
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 4
+    line = one_line(result)
+    assert "credentials" in line and SECRET not in line
+    assert not os.path.ismount(mnt)
+    result = run("check", "--config", str(config))
+    assert result.returncode == 4 and SECRET not in result.stdout + result.stderr
+
+
+def test_secrets_never_logged(moto: S3Server, mount_factory: MountFactory) -> None:
+    mount = mount_factory(moto, s3={"secretkey": SECRET, "chunksize": 5 * 1024 * 1024})
+    (mount.path / "d").mkdir()
+    (mount.path / "d" / "f").write_bytes(os.urandom(6 * 1024 * 1024))
+    os.rename(mount.path / "d" / "f", mount.path / "d" / "g")
+    assert (mount.path / "d" / "g").stat().st_size == 6 * 1024 * 1024
+    assert mount.stop() == 0
+    log = mount.log()
+    assert "DEBUG" in log and SECRET not in log
