@@ -133,6 +133,8 @@ async def _serve(
         except RuntimeError as exc:
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         code = await _serve_mounted(fs, background, mountpoint, on_ready)
+        with trio.move_on_after(config.mount.retry_time + config.mount.read_timeout):
+            await writes.drain()  # aborts of failed uploads, so nothing is left behind
         background.cancel_scope.cancel()
     log.info(
         "S3 requests: %d (%d retries, %d failed after retries): %s",

@@ -81,7 +81,7 @@ class S3Operations(pyfuse3.Operations):
         self._gid = mount.gid if mount.gid >= 0 else os.getegid()
         self._file_mode = mount.file_mode
         self._dir_mode = mount.dir_mode
-        self._dirs: dict[int, tuple[int, list[tuple[str, Entry]]]] = {}
+        self._dirs: dict[int, tuple[int, list[tuple[str, Entry]] | None]] = {}
         self._next_dir = 1
 
     def entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
@@ -170,19 +170,23 @@ class S3Operations(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        """No listing yet: opening a directory just to fsync it (v3.1's syncDir) costs nothing."""
         async with fuse_errors("opendir"):
-            entries = await self.fs.list_dir(inode)
+            self.fs.ns.get(inode)
             fh, self._next_dir = self._next_dir, self._next_dir + 1
-            self._dirs[fh] = (inode, entries)
+            self._dirs[fh] = (inode, None)
             return fh
         raise AssertionError("unreachable")
 
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
-        """Offsets are indexes into the opendir snapshot, so they stay stable."""
+        """Offsets index a snapshot taken at the first readdir, so they stay stable."""
         async with fuse_errors("readdir"):
             parent, entries = self._dirs.get(fh, (0, []))
+            if entries is None:
+                entries = await self.fs.list_dir(parent)
+                self._dirs[fh] = (parent, entries)
             for index in range(start_id, len(entries)):
                 name, entry = entries[index]
                 node = self.fs.entry_node(parent, name, entry)

@@ -19,6 +19,7 @@ bytes are handed on.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import random
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions
@@ -240,7 +242,23 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
         "s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify, use_ssl=s3.secure
     )
     client.meta.events.register("before-send.s3", _drop_expect_header)
+    if not s3.v4auth and s3.path_style():
+        endpoint_path = urlsplit(client.meta.endpoint_url).path.rstrip("/")
+        fix = functools.partial(_bucket_path_as_signed, f"{endpoint_path}/{s3.bucket}")
+        client.meta.events.register("before-send.s3", fix)
     return client
+
+
+def _bucket_path_as_signed(bucket_path: str, request: Any, **_: Any) -> None:
+    """SigV2 with path-style addressing: send the bucket's own path as botocore signed it.
+
+    botocore signs bucket-level requests (ListObjects, DeleteObjects, ...) over `/bucket/`
+    but sends `/bucket`; servers that check SigV2 signatures (Ceph RGW) then answer
+    SignatureDoesNotMatch. Sending `/bucket/` makes both agree.
+    """
+    parts = urlsplit(request.url)
+    if parts.path == bucket_path:
+        request.url = urlunsplit(parts._replace(path=bucket_path + "/"))
 
 
 def _drop_expect_header(request: Any, **_: Any) -> None:

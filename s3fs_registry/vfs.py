@@ -97,8 +97,12 @@ class Filesystem:
         return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
 
     def _child_rel(self, parent: Node, name: str) -> str:
-        if not name or name in {".", ".."} or "/" in name or "\0" in name:
+        if not name or name in {".", ".."} or "/" in name:
             raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+            # S3 keys may hold control characters, but S3-compatible servers differ on them
+            # (moto cannot store a newline) and listings need URL encoding: refuse them all
+            raise FsError(errno.EINVAL, f"control character in name {name!r}")
         if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
         rel = self.ns.child_rel(parent, name)

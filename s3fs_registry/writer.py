@@ -79,6 +79,27 @@ class WriteContext:
         self.copy_limiter = trio.CapacityLimiter(copy_concurrency)
         # a part must fit in the part pool, or its writer would wait forever
         self.max_part = min(MAX_PART, max(MIN_PART, budget.parts.limit // 4))
+        self._tasks = 0
+        self._drained = trio.Event()
+        self._drained.set()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run an upload or abort in the background, counted so shutdown can wait for it."""
+        self._tasks += 1
+        self._drained = trio.Event() if self._drained.is_set() else self._drained
+        self.nursery.start_soon(self._counted, fn, *args)
+
+    async def _counted(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._tasks -= 1
+            if self._tasks == 0:
+                self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until every background upload and abort has finished."""
+        await self._drained.wait()
 
     def part_size(self, number: int) -> int:
         """Size of part `number`: chunksize for the first 1000, doubling each 1000 after."""
@@ -245,7 +266,7 @@ class WriteSession:
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         self._inflight += 1
         self._idle = trio.Event()
-        self._ctx.nursery.start_soon(self._guarded, fn, *args)
+        self._ctx.spawn(self._guarded, fn, *args)
 
     async def _guarded(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         try:
@@ -295,7 +316,7 @@ class WriteSession:
             self.error = exc
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
-            self._ctx.nursery.start_soon(self._abort_when_idle, upload_id)
+            self._ctx.spawn(self._abort_when_idle, upload_id)
 
     async def _abort_when_idle(self, upload_id: str) -> None:
         await self._idle.wait()

@@ -1,0 +1,210 @@
+"""Every error path of the mount, with faults injected by a proxy between daemon and server.
+
+A failed upload must surface as an error from write/fsync/close and leave the previous
+object (or nothing) in S3; transient failures are retried; S3 errors map to precise
+errnos. The proxy also counts requests, so "no request for an fsync with nothing new" and
+"no HEAD per directory entry" are checked here as behaviour.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MountFactory
+from tests.mounts import Mount, S3Server
+from tests.s3proxy import S3Proxy
+
+MiB = 1024 * 1024
+PART_QUERY = "partNumber="
+
+
+@pytest.fixture
+def proxy(s3: S3Server) -> Iterator[S3Proxy]:
+    with S3Proxy(s3.endpoint) as p:
+        yield p
+
+
+@pytest.fixture
+def pm(s3: S3Server, proxy: S3Proxy, mount_factory: MountFactory) -> Mount:
+    """A mount whose S3 traffic goes through `proxy`; few retries so tests stay quick."""
+    return mount_factory(
+        s3,
+        endpoint=proxy.url,
+        s3={"chunksize": 5 * MiB},
+        mount={"retry_attempts": 3, "retry_time": "5s"},
+    )
+
+
+def write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def expect_errno(code: int, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError) as info:
+        fn(*args, **kwargs)
+    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
+
+
+def test_failed_put_is_an_error_at_close_and_keeps_the_old_object(
+    pm: Mount, proxy: S3Proxy
+) -> None:
+    write_file(pm.path / "f", b"old")
+    proxy.add_fault("internal", method="PUT")
+    expect_errno(errno.EIO, write_file, pm.path / "f", b"new bytes")
+    expect_errno(errno.EIO, write_file, pm.path / "g", b"never stored", fsync=True)
+    proxy.clear_faults()
+    assert pm.object("f") == b"old"
+    assert "g" not in pm.object_keys()
+    write_file(pm.path / "g", b"stored now")
+    assert pm.object("g") == b"stored now"
+    assert "failed" in pm.log() or "InternalError" in pm.log()
+
+
+def test_failed_part_upload_is_an_error_and_aborts(pm: Mount, proxy: S3Proxy) -> None:
+    proxy.add_fault("internal", method="PUT", query=PART_QUERY)
+    fd = os.open(pm.path / "big", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as info:
+            for _ in range(16):
+                os.write(fd, os.urandom(MiB))
+            os.fsync(fd)
+        assert info.value.errno == errno.EIO
+        expect_errno(errno.EIO, os.fsync, fd)  # sticky until closed
+    finally:
+        expect_errno(errno.EIO, os.close, fd)
+    proxy.clear_faults()
+    assert "big" not in pm.object_keys()
+    pm.stop()
+    assert pm.server.uploads(pm.bucket) == [], "the multipart upload was aborted"
+
+
+def test_access_denied_is_eacces(pm: Mount, proxy: S3Proxy) -> None:
+    write_file(pm.path / "f", b"data")
+    proxy.add_fault("access_denied", method="PUT")
+    expect_errno(errno.EACCES, write_file, pm.path / "g", b"x")
+    proxy.add_fault("access_denied", method="DELETE")
+    expect_errno(errno.EACCES, os.unlink, pm.path / "f")
+    proxy.clear_faults()
+    assert (pm.path / "f").read_bytes() == b"data"
+    proxy.add_fault("access_denied", method="GET", path="/f$")
+    fd = os.open(pm.path / "f", os.O_RDONLY)
+    try:
+        expect_errno(errno.EACCES, os.read, fd, 10)
+    finally:
+        os.close(fd)
+
+
+def test_too_large_and_quota(pm: Mount, proxy: S3Proxy) -> None:
+    proxy.add_fault("too_large", method="PUT")
+    expect_errno(errno.EFBIG, write_file, pm.path / "f", b"x")
+    proxy.clear_faults()
+    proxy.add_fault("quota", method="PUT")
+    expect_errno(errno.ENOSPC, write_file, pm.path / "f", b"x")
+
+
+def test_failed_rename_leaves_the_source(pm: Mount, proxy: S3Proxy) -> None:
+    write_file(pm.path / "src", b"source")
+    proxy.add_fault("access_denied", method="PUT", path="/dst$")
+    expect_errno(errno.EACCES, os.rename, pm.path / "src", pm.path / "dst")
+    proxy.clear_faults()
+    assert (pm.path / "src").read_bytes() == b"source"
+    assert pm.object_keys() == ["src"]
+
+
+def test_transient_faults_are_retried(pm: Mount, proxy: S3Proxy) -> None:
+    proxy.add_fault("slowdown", method="PUT", times=1)
+    proxy.add_fault("reset", method="PUT", times=1)
+    data = os.urandom(12 * MiB)
+    write_file(pm.path / "f", data)
+    assert pm.object("f") == data
+    proxy.add_fault("internal", method="GET", times=1)
+    proxy.add_fault("cut", method="GET", times=1)
+    assert (pm.path / "f").read_bytes() == data
+    assert proxy.count(method="PUT") > 4
+
+
+def test_complete_that_took_effect_is_recognised(pm: Mount, proxy: S3Proxy) -> None:
+    proxy.add_fault("internal", method="POST", query="uploadId=", times=1, after_upstream=True)
+    data = os.urandom(11 * MiB)
+    write_file(pm.path / "f", data, fsync=True)
+    assert pm.object("f") == data
+
+
+def test_persistent_read_failure_is_eio_never_short_bytes(pm: Mount, proxy: S3Proxy) -> None:
+    data = os.urandom(3 * MiB)
+    write_file(pm.path / "f", data)
+    proxy.add_fault("cut", method="GET")
+    with open(pm.path / "f", "rb") as f:
+        expect_errno(errno.EIO, f.read)
+    proxy.clear_faults()
+    assert (pm.path / "f").read_bytes() == data
+
+
+def test_spool_full_is_enospc_at_write(s3: S3Server, mount_factory: MountFactory) -> None:
+    mount = mount_factory(s3, mount={"spool_limit": MiB})
+    data = os.urandom(3 * MiB)
+    write_file(mount.path / "f", data)
+    with open(mount.path / "f", "r+b", buffering=0) as f:
+        f.seek(1000)
+        expect_errno(errno.ENOSPC, f.write, b"in the middle")
+    assert mount.object("f") == data, "the object is never truncated or corrupted"
+
+
+def test_no_request_for_nothing_new(pm: Mount, proxy: S3Proxy) -> None:
+    fd = os.open(pm.path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * 100)
+        os.fsync(fd)
+        proxy.reset_counts()
+        os.fsync(fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert proxy.count() == 0
+    fd = os.open(pm.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert proxy.count() == 0
+
+
+def test_listing_attributes_need_no_head(pm: Mount, proxy: S3Proxy) -> None:
+    (pm.path / "d").mkdir()
+    for i in range(50):
+        write_file(pm.path / "d" / f"f{i}", b"x" * i)
+    proxy.reset_counts()
+    sizes = {entry.name: entry.stat().st_size for entry in os.scandir(pm.path / "d")}
+    assert sizes["f49"] == 49 and len(sizes) == 50
+    assert proxy.count(method="HEAD") == 0
+    assert proxy.count(method="GET", query_contains="list-type=2") <= 1
+
+
+def test_append_copies_large_objects_server_side(pm: Mount, proxy: S3Proxy) -> None:
+    base = os.urandom(6 * MiB)
+    write_file(pm.path / "f", base)
+    proxy.reset_counts()
+    with open(pm.path / "f", "ab") as f:
+        f.write(b"tail")
+    assert pm.object("f") == base + b"tail"
+    parts = [r for r in proxy.requests if r.method == "PUT" and PART_QUERY in r.query]
+    assert sorted(r.bytes_in for r in parts) == [0, 4], "part 1 copied server-side, part 2 sent"
+    assert proxy.count(method="GET", path_contains="/f") == 0, "no download of the base"
+
+
+def test_small_files_cost_one_get(pm: Mount, proxy: S3Proxy) -> None:
+    write_file(pm.path / "link", b"sha256:" + b"a" * 64)
+    proxy.reset_counts()
+    assert (pm.path / "link").read_bytes() == b"sha256:" + b"a" * 64
+    assert proxy.count(method="GET", path_contains="/link") == 1

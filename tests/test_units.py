@@ -1,0 +1,254 @@
+"""Pure units: the errno table, error translation, part sizes, the budget, names, logging."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+from typing import Any
+
+import botocore.exceptions
+import pyfuse3
+import pytest
+import trio
+
+from s3fs_registry import errors
+from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
+from s3fs_registry.fs import fuse_errors
+from s3fs_registry.log import RedactingFilter
+from s3fs_registry.namespace import Entry, Namespace
+from s3fs_registry.store import (
+    MAX_PARTS,
+    _checked_get,
+    check_key,
+    multipart_etag,
+    translate_client_error,
+    translate_error,
+)
+from s3fs_registry.writer import WriteContext
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.NotFoundError("x"), errno.ENOENT),
+        (errors.AccessDeniedError("x"), errno.EACCES),
+        (errors.CredentialsError("x"), errno.EACCES),
+        (errors.PreconditionError("x"), errno.ESTALE),
+        (errors.TooLargeError("x"), errno.EFBIG),
+        (errors.NoSpaceError("x"), errno.ENOSPC),
+        (errors.NameTooLongError("x"), errno.ENAMETOOLONG),
+        (errors.TransientError("x"), errno.EIO),
+        (errors.IntegrityError("x"), errno.EIO),
+        (errors.NoSuchBucketError("x"), errno.EIO),
+        (errors.StoreError("x"), errno.EIO),
+        (errors.FsError(errno.ENOTEMPTY), errno.ENOTEMPTY),
+        (ValueError("bug"), errno.EIO),
+    ],
+)
+def test_errno_table(exc: BaseException, code: int) -> None:
+    assert errors.to_errno(exc) == code
+
+
+def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return botocore.exceptions.ClientError(response, "Op")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cls"),
+    [
+        ("NoSuchKey", 404, errors.NotFoundError),
+        ("404", 404, errors.NotFoundError),
+        ("NoSuchBucket", 404, errors.NoSuchBucketError),
+        ("AccessDenied", 403, errors.AccessDeniedError),
+        ("SignatureDoesNotMatch", 403, errors.CredentialsError),
+        ("InvalidAccessKeyId", 403, errors.CredentialsError),
+        ("PreconditionFailed", 412, errors.PreconditionError),
+        ("EntityTooLarge", 400, errors.TooLargeError),
+        ("KeyTooLongError", 400, errors.NameTooLongError),
+        ("QuotaExceeded", 403, errors.NoSpaceError),
+        ("SlowDown", 503, errors.TransientError),
+        ("InternalError", 500, errors.TransientError),
+        ("WeirdNewError", 502, errors.TransientError),
+        ("BadDigest", 400, errors.IntegrityError),
+        ("InvalidArgument", 400, errors.StoreError),
+    ],
+)
+def test_client_error_translation(code: str, status: int, cls: type) -> None:
+    exc = translate_client_error(client_error(code, status), "PutObject", "k")
+    assert type(exc) is cls
+    assert "PutObject k" in str(exc)
+
+
+def test_transport_errors_are_transient() -> None:
+    raw = botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    assert isinstance(translate_error(raw, "GetObject", "k"), errors.TransientError)
+    missing = botocore.exceptions.NoCredentialsError()
+    assert isinstance(translate_error(missing, "GetObject", "k"), errors.CredentialsError)
+
+
+def test_key_limit() -> None:
+    check_key("k" * 1024)
+    with pytest.raises(errors.NameTooLongError):
+        check_key("k" * 1025)
+    with pytest.raises(errors.NameTooLongError):
+        check_key("é" * 513)  # 1026 bytes of UTF-8
+
+
+def test_multipart_etag() -> None:
+    # S3: md5 of the concatenated binary part md5s, then "-<number of parts>"
+    a, b = hashlib.md5(b"a").digest(), hashlib.md5(b"b").digest()
+    etags = [f'"{a.hex()}"', f'"{b.hex()}"']
+    assert multipart_etag(etags) == f'"{hashlib.md5(a + b).hexdigest()}-2"'
+
+
+def response(status: int, length: int, content_range: str = "") -> dict[str, Any]:
+    resp: dict[str, Any] = {
+        "ResponseMetadata": {"HTTPStatusCode": status},
+        "ContentLength": length,
+        "ETag": '"e"',
+    }
+    if content_range:
+        resp["ContentRange"] = content_range
+    return resp
+
+
+def test_get_responses_are_checked() -> None:
+    assert _checked_get("k", response(206, 4, "bytes 2-5/10"), b"cdef", 2, 5).total_size == 10
+    assert _checked_get("k", response(200, 3), b"abc", None, None).data == b"abc"
+    with pytest.raises(errors.IntegrityError):
+        _checked_get("k", response(206, 4, "bytes 2-5/10"), b"cde", 2, 5)  # short body
+    with pytest.raises(errors.IntegrityError):
+        _checked_get("k", response(206, 4, "bytes 3-6/10"), b"defg", 2, 5)  # wrong range
+    with pytest.raises(errors.IntegrityError):
+        _checked_get("k", response(200, 10), b"0123456789", 2, 5)  # range ignored
+    with pytest.raises(errors.IntegrityError):
+        _checked_get("k", response(500, 3), b"abc", None, None)
+    # the range may end early at the end of the object
+    assert _checked_get("k", response(206, 2, "bytes 8-9/10"), b"89", 8, 20).data == b"89"
+
+
+def write_context(chunksize: int, budget: int) -> WriteContext:
+    ctx = WriteContext.__new__(WriteContext)
+    ctx.chunksize = chunksize
+    ctx.max_part = min(5 * GiB, MemoryBudget(budget, MiB).parts.limit // 4)
+    return ctx
+
+
+def test_part_sizes_grow_so_objects_reach_terabytes() -> None:
+    ctx = write_context(10 * MiB, 8 * GiB)
+    assert ctx.part_size(1) == ctx.part_size(1000) == 10 * MiB
+    assert ctx.part_size(1001) == 20 * MiB
+    total = sum(ctx.part_size(n) for n in range(1, MAX_PARTS + 1))
+    assert total >= 5 * 1024 * GiB
+    small = write_context(5 * MiB, 512 * MiB)
+    assert max(small.part_size(n) for n in range(1, MAX_PARTS + 1)) <= small.max_part
+    assert sum(small.part_size(n) for n in range(1, MAX_PARTS + 1)) > 500 * GiB
+
+
+async def test_budget_never_deadlocks_many_writers() -> None:
+    """200 writers, each first taking a small reservation, then upgrading to parts, with a
+    budget far too small for all of them at once: every one finishes."""
+    budget = MemoryBudget(40 * MiB, MiB)
+    done = 0
+
+    async def writer(nursery: trio.Nursery) -> None:
+        nonlocal done
+        await budget.first.take(MiB)
+        await trio.sleep(0)
+        await budget.parts.take(10 * MiB)  # upgrade while holding the first reservation
+        budget.first.give(MiB)
+        for _ in range(3):
+            held = 10 * MiB
+            nursery.start_soon(upload, held)  # the "part upload" gives it back later
+            await budget.parts.take(10 * MiB)
+        budget.parts.give(10 * MiB)
+        done += 1
+
+    async def upload(held: int) -> None:
+        await trio.sleep(0.001)
+        budget.parts.give(held)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(writer, nursery)
+    assert done == 200
+    assert budget.used == 0
+    assert budget.parts.peak <= budget.parts.limit + 10 * MiB
+
+
+def test_pool_and_spool_budget() -> None:
+    pool = Pool("p", 100)
+    assert pool.try_take(60) and not pool.try_take(50)
+    pool.force(50)
+    pool.give(110)
+    assert pool.used == 0 and pool.peak == 110
+    spool = SpoolBudget(10)
+    spool.grow(10)
+    with pytest.raises(errors.NoSpaceError):
+        spool.grow(1)
+    spool.shrink(10)
+    spool.grow(5)
+
+
+def test_namespace_ttls_and_negative_cache() -> None:
+    now = [0.0]
+    ns = Namespace(
+        "pre/", metadata_ttl=1.0, immutable_ttl=300.0, negative_ttl=2.0, clock=lambda: now[0]
+    )
+    v2 = ns.attach(ns.root, "docker", Entry(True))
+    blob = ns.attach(v2, "x", Entry(False, 3, 1.0, '"e"'))
+    assert ns.key(blob) == "pre/docker/x"
+    assert ns.ttl("docker/registry/v2/blobs/sha256/ab/abc/data") == 300.0
+    assert ns.ttl("docker/registry/v2/repositories/r/_manifests/revisions/sha256/a/link") == 300.0
+    assert ns.ttl("docker/registry/v2/repositories/r/_manifests/tags/t/current/link") == 1.0
+    assert ns.fresh(blob)
+    now[0] = 1.5
+    assert not ns.fresh(blob)
+    ns.set_negative("a/b")
+    assert ns.is_negative("a/b")
+    now[0] = 4.0
+    assert not ns.is_negative("a/b")
+    ns.remember_lookup(blob)
+    ns.forget(blob.ino, 1)
+    assert blob.ino not in ns.nodes and "x" not in v2.children
+
+
+async def test_fuse_errors_boundary(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        async with fuse_errors("read"):
+            raise ValueError("a bug")
+    assert info.value.errno == errno.EIO
+    assert "Traceback" in caplog.text and "a bug" in caplog.text
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        async with fuse_errors("lookup"):
+            raise errors.NotFoundError("gone")
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        async with fuse_errors("rmdir"):
+            raise errors.FsError(errno.ENOTEMPTY)
+    assert info.value.errno == errno.ENOTEMPTY
+
+
+def test_redaction() -> None:
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        "f",
+        1,
+        "key %s at %s",
+        ("topsecret", "https://d/x?Expires=1&Signature=abc~_-&Key-Pair-Id=K"),
+        None,
+    )
+    RedactingFilter(["topsecret"]).filter(record)
+    message = record.getMessage()
+    assert "topsecret" not in message and "abc~_-" not in message
+    assert "Key-Pair-Id=K" in message and "Signature=REDACTED" in message
