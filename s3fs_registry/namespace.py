@@ -37,6 +37,10 @@ NEGATIVE_CACHE_ENTRIES = 65536
 IMMUTABLE_PATH = re.compile(
     r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
 )
+#: a registry upload's hash state: `_uploads/<uuid>/hashstates/<alg>/<offset>`
+UPLOAD_HASHSTATE = re.compile(
+    r"^docker/registry/v2/repositories/.+/_uploads/[^/]+/hashstates/[^/]+/[^/]+$"
+)
 
 
 @dataclass(frozen=True)
@@ -267,13 +271,16 @@ class Namespace:
         self._maybe_drop(node)
 
     def _maybe_drop(self, node: Node) -> None:
-        """Free a node nobody needs: no lookups, not open, not being written, no children."""
+        """Free a node nobody needs: no lookups, not open, not being written, no children.
+
+        An empty directory that exists only here (made by mkdir, or emptied by this mount)
+        goes too once the kernel forgets it, which bounds the memory such directories take.
+        """
         while (
             node is not self.root
             and node.lookups == 0
             and node.opens == 0
             and node.file is None
-            and not node.local
             and not node.children
         ):
             self.nodes.pop(node.ino, None)
@@ -293,10 +300,16 @@ class Namespace:
         self.clear_negative(self.child_rel(parent, name))
 
     def forget_entry(self, parent: Node, name: str) -> None:
-        """Record that `name` is gone (this mount removed it)."""
+        """Record that `name` is gone (this mount removed it).
+
+        The directory stays, as it would on a local disk, even if that was its last key in
+        S3: the registry removes an upload's directory and expects `_uploads` to remain.
+        """
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
         self.set_negative(self.child_rel(parent, name))
+        if parent is not self.root and not parent.detached:
+            parent.local, parent.checked = True, self.clock()
 
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""

@@ -24,7 +24,7 @@ import trio
 
 from s3fs_registry.config import Config
 from s3fs_registry.errors import FsError
-from s3fs_registry.namespace import Entry, Listing, Namespace, Node
+from s3fs_registry.namespace import UPLOAD_HASHSTATE, Entry, Listing, Namespace, Node
 from s3fs_registry.reader import ObjectReader, ReadContext
 from s3fs_registry.store import MAX_PARTS, Store, check_key
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
@@ -253,13 +253,28 @@ class Filesystem:
 
     async def create(self, parent_ino: int, name: str) -> tuple[int, Attr]:
         parent = self._dir(parent_ino)
-        self._child_rel(parent, name)
+        rel = self._child_rel(parent, name)
+        if UPLOAD_HASHSTATE.match(rel):
+            await self._require_live_upload(parent, rel)
         node = self.ns.new_local(parent, name, False, time.time())
         state = FileState()
         state.content = WriteSession(self.writes, self.ns.key(node), None)
         node.file = state
         self.ns.remember_lookup(node)
         return self._open_handle(node, True), self.attr(node)
+
+    async def _require_live_upload(self, parent: Node, rel: str) -> None:
+        """A registry upload's hash state is only stored while the upload has its `startedat`.
+
+        When the registry cancels an upload it deletes `_uploads/<uuid>` and then, closing
+        the upload, writes `hashstates/<alg>/<offset>` once more; under either storage driver
+        that object would stay forever (upload purging ignores uploads without `startedat`).
+        Refusing it with ENOENT keeps the bucket clean; the registry only logs the error.
+        """
+        upload = parent.parent.parent if parent.parent is not None else None
+        if upload is not None and await self._resolve(upload, "startedat") is None:
+            log.info("%s: not stored, its upload no longer exists (cancelled or purged)", rel)
+            raise FsError(errno.ENOENT, "the upload of this hash state no longer exists")
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open for reading or writing; returns the handle and whether to keep the page cache."""

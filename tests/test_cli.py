@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -269,3 +271,41 @@ def test_secrets_never_logged(moto: S3Server, mount_factory: MountFactory) -> No
     assert mount.stop() == 0
     log = mount.log()
     assert "DEBUG" in log and SECRET not in log
+
+
+def test_systemd_notify_ready_and_stopping(
+    moto: S3Server, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        mount = mount_factory(moto, env={"NOTIFY_SOCKET": address})
+        assert sock.recv(100) == b"READY=1"
+        assert os.path.ismount(mount.path), "READY=1 only once the mount is up"
+        assert mount.stop() == 0
+        assert sock.recv(100) == b"STOPPING=1"
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """The shipped units parse (systemd-analyze verify) with the binary where it is installed."""
+    binary = shutil.which("s3fs-registry")
+    if binary is None:
+        binary = str(tmp_path / "s3fs-registry")
+        Path(binary).write_text(f'#!/bin/sh\nexec {sys.executable} -m s3fs_registry "$@"\n')
+        os.chmod(binary, 0o755)
+    unit = (REPO / "systemd/s3fs-registry.service").read_text()
+    (tmp_path / "s3fs-registry.service").write_text(
+        unit.replace("/usr/local/bin/s3fs-registry", binary)
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "s3fs-registry.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    problems = [line for line in result.stderr.splitlines() if "s3fs-registry.service" in line]
+    assert result.returncode == 0 and not problems, result.stderr
+    dropin = (REPO / "systemd/docker-registry.service.d/s3fs-registry.conf").read_text()
+    assert "After=s3fs-registry.service" in dropin and "Requires=s3fs-registry.service" in dropin
+    assert "Type=notify" in unit and "Restart=on-failure" in unit and "TimeoutStopSec=" in unit

@@ -34,8 +34,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from s3proxy import FAULT_KINDS, S3Proxy
+from tests.s3proxy import FAULT_KINDS, S3Proxy
 
 MiB = 1024 * 1024
 Checksums = Literal["when_supported", "when_required"]
@@ -796,7 +795,16 @@ def test_rules_match_on_method_path_query(proxy: S3Proxy, bucket: str, s3c: Any)
         s3c.list_objects_v2(Bucket=bucket)
     with pytest.raises(ValueError, match="unknown fault kind"):
         proxy.add_fault("nope")
-    assert {"slowdown", "internal", "reset", "cut", "delay", "access_denied"} == FAULT_KINDS
+    assert {
+        "slowdown",
+        "internal",
+        "reset",
+        "cut",
+        "delay",
+        "access_denied",
+        "too_large",
+        "quota",
+    } == FAULT_KINDS
 
 
 def test_proxy_delay_adds_latency(moto_url: str, bucket: str) -> None:
