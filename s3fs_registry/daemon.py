@@ -29,6 +29,7 @@ from s3fs_registry.errors import (
     TransientError,
 )
 from s3fs_registry.fs import S3Operations
+from s3fs_registry.janitor import Janitor
 from s3fs_registry.reader import ReadContext
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
@@ -127,6 +128,11 @@ async def _serve(
             store, budget.parts, background, mount.small_file_size, mount.read_ahead
         )
         fs = Filesystem(config, store, writes, reads)
+        if mount.janitor:
+            janitor = Janitor(
+                store, config.s3.key_prefix(), mount.janitor_age, mount.janitor_interval
+            )
+            background.start_soon(janitor.run)
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
         try:
             pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(config, fsname))

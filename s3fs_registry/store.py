@@ -317,6 +317,8 @@ class Store:
         self.read_slots = read_slots
         self.stats = RequestStats()
         self._write_args = self._object_write_args()
+        #: multipart uploads this process started and has not completed or aborted yet
+        self.live_uploads: set[str] = set()
 
     @property
     def bucket(self) -> str:
@@ -486,7 +488,9 @@ class Store:
             )
             return str(resp["UploadId"])
 
-        return await self._call("CreateMultipartUpload", key, work, write=True)
+        upload_id = await self._call("CreateMultipartUpload", key, work, write=True)
+        self.live_uploads.add(upload_id)
+        return upload_id
 
     async def upload_part(
         self, key: str, upload_id: str, number: int, body: bytes | bytearray
@@ -553,9 +557,11 @@ class Store:
                 return None
             return expected if head.get("ETag") == expected else None
 
-        return await self._call(
+        etag = await self._call(
             "CompleteMultipartUpload", key, work, write=True, on_retry=already_done
         )
+        self.live_uploads.discard(upload_id)
+        return etag
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         def work() -> None:
@@ -569,6 +575,7 @@ class Store:
         except StoreError as exc:
             if exc.code != "NoSuchUpload":
                 raise
+        self.live_uploads.discard(upload_id)
 
     async def copy(self, source_key: str, key: str) -> str:
         """CopyObject with the registry headers (metadata directive COPY, as the driver);
