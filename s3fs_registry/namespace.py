@@ -55,10 +55,13 @@ class Entry:
 
 @dataclass
 class Listing:
-    """A directory's children as last read from S3 (and merged with local state)."""
+    """A directory's children as last read from S3, kept up to date with this mount's own
+    changes. A directory made here starts with an empty listing: until `metadata_ttl` has
+    passed, only what this mount put in it can be there, so lookups need no request."""
 
     entries: dict[str, Entry]
     fetched: float
+    marker: bool = False  # S3 holds a `dir/` marker object (written by another tool)
 
 
 class Node:
@@ -160,10 +163,6 @@ class Namespace:
             return True
         return self.clock() - node.checked < self.ttl(self.rel(node))
 
-    def fresh_local(self, node: Node) -> bool:
-        """Is a directory made by mkdir here recent enough to assume nobody else wrote in it?"""
-        return node.local and self.clock() - node.checked < self.metadata_ttl
-
     def listing_fresh(self, node: Node) -> bool:
         return node.listing is not None and self.clock() - node.listing.fetched < self.metadata_ttl
 
@@ -230,6 +229,8 @@ class Namespace:
         node = self.attach(parent, name, Entry(is_dir, 0, mtime))
         node.local = True
         node.in_s3 = False
+        if is_dir:
+            node.listing = Listing({}, self.clock())
         self.note_entry(parent, name, Entry(is_dir, 0, mtime))
         return node
 

@@ -126,8 +126,6 @@ class Filesystem:
         if self.ns.listing_fresh(parent):
             assert parent.listing is not None
             entry = parent.listing.entries.get(name)
-        elif parent.local and self.ns.fresh_local(parent):
-            entry = None  # made here moments ago: only what this mount put in it exists
         else:
             entry = await self._probe(self.ns.prefix + rel)
         node = parent.children.get(name)  # re-read: the probe awaited
@@ -209,6 +207,12 @@ class Filesystem:
         """ENOTEMPTY unless `node` has no children here or in S3; deletes a `dir/` marker."""
         if any(True for _ in self.ns.local_children(node)):
             raise FsError(errno.ENOTEMPTY)
+        listing = node.listing
+        if self.ns.listing_fresh(node) and listing is not None:
+            if listing.entries:
+                raise FsError(errno.ENOTEMPTY)
+            if not listing.marker:
+                return  # known empty, no marker: nothing to ask S3
         prefix = self.ns.dir_prefix(node)
         page = await self.store.list_page(prefix, max_keys=2)
         if page.prefixes or any(o.key != prefix for o in page.objects):
@@ -239,7 +243,8 @@ class Filesystem:
             name = common[len(prefix) : -1]
             if _listable(name):
                 entries[name] = Entry(True, 0, self.dir_mtime)
-        return Listing(entries, self.ns.clock())
+        marker = any(obj.key == prefix for obj in objects)
+        return Listing(entries, self.ns.clock(), marker)
 
     def entry_node(self, parent_ino: int, name: str, entry: Entry) -> Node:
         """The node for a readdir entry, attributes taken from the listing (no HEAD)."""
@@ -281,6 +286,9 @@ class Filesystem:
         node = self.ns.get(ino)
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        if node.detached:
+            # a stale dentry of the kernel's: ESTALE makes it look the name up again
+            raise FsError(errno.ESTALE, "the file was removed or replaced")
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable and node.file is None and not self.ns.fresh(node):
             await self.getattr(ino)  # an append must start from the size S3 has now
@@ -379,6 +387,8 @@ class Filesystem:
             raise FsError(errno.EISDIR)
         state = node.file
         transient = state is None
+        if transient and node.detached:
+            raise FsError(errno.ESTALE, "the file was removed or replaced")
         if state is None:
             state = node.file = FileState()
         try:
@@ -484,6 +494,14 @@ class Filesystem:
                     state.content = None
                 if state.writers == 0 and node.file is state:
                     node.file = None
+                    self._drop_if_never_stored(node)
+
+    def _drop_if_never_stored(self, node: Node) -> None:
+        """A file created here whose upload failed does not exist: S3 has nothing of it."""
+        parent = node.parent
+        if node.local and not node.in_s3 and not node.detached and parent is not None:
+            self.ns.forget_entry(parent, node.name)
+            self.ns.detach(node)
 
     # -- unlink and rename ---------------------------------------------------------------
 
