@@ -30,7 +30,8 @@ from s3fs_registry.errors import (
 )
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
-from s3fs_registry.reader import ReadContext
+from s3fs_registry.cloudfront import CloudFrontFetcher
+from s3fs_registry.reader import BlobSource, ReadContext
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
 from s3fs_registry.writer import WriteContext
@@ -101,6 +102,21 @@ def fuse_options(config: Config, fsname: str) -> set[str]:
     return options
 
 
+def _blob_source(config: Config, store: Store) -> BlobSource | None:
+    """CloudFront for immutable blob reads when the cloudfront middleware is configured."""
+    if config.cloudfront is None:
+        return None
+    fetcher = CloudFrontFetcher(
+        config.cloudfront,
+        config.s3.key_prefix(),
+        max_connections=max(4, config.mount.max_connections // 2),
+        connect_timeout=config.mount.connect_timeout,
+        read_timeout=config.mount.read_timeout,
+    )
+    log.info("reading blob data through CloudFront %s", config.cloudfront.baseurl)
+    return BlobSource(fetcher, store)
+
+
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: None) -> int:
     """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
@@ -124,8 +140,9 @@ async def _serve(
             config.s3.multipartcopychunksize,
             config.s3.multipartcopymaxconcurrency,
         )
+        blobs = _blob_source(config, store)
         reads = ReadContext(
-            store, budget.parts, background, mount.small_file_size, mount.read_ahead
+            store, budget.parts, background, mount.small_file_size, mount.read_ahead, blobs
         )
         fs = Filesystem(config, store, writes, reads)
         if mount.janitor:
@@ -142,6 +159,9 @@ async def _serve(
         with trio.move_on_after(config.mount.retry_time + config.mount.read_timeout):
             await writes.drain()  # aborts of failed uploads, so nothing is left behind
         background.cancel_scope.cancel()
+    if blobs is not None:
+        log.info("CloudFront: %s", blobs.fetcher.stats)
+        blobs.fetcher.close()
     log.info(
         "S3 requests: %d (%d retries, %d failed after retries): %s",
         store.stats.total(),

@@ -17,12 +17,12 @@ middle of a read gives ESTALE, never a mix of two versions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from s3fs_registry.budget import Pool
+from s3fs_registry.cloudfront import CloudFrontError, CloudFrontFetcher
 from s3fs_registry.store import GetResult, Store
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,30 @@ INITIAL_WINDOW = (
 SEGMENT = 8 * 1024 * 1024
 BACKTRACK = 1024 * 1024  # keep this much behind the reader for slightly out-of-order reads
 
-#: fetches bytes [first, last] of the object, optionally If-Match; returns the checked GET
-Fetcher = Callable[[int, int, str], Awaitable[GetResult]]
+
+class BlobSource:
+    """Immutable blob bytes through CloudFront, and from S3 whenever CloudFront fails.
+
+    Only `blobs/**/data` keys come this way (content-addressed: no cached copy can be
+    stale); link files, tags and uploads always read from S3, and so does every question
+    of existence and size. A failure of any cause (expired or refused signature, 5xx,
+    timeout, connection, a response that fails its checks) costs one S3 GET instead: the
+    reader never sees it. The fetcher logs the first failure of each cause and counts all.
+    """
+
+    def __init__(self, fetcher: CloudFrontFetcher, store: Store) -> None:
+        self.fetcher = fetcher
+        self.store = store
+
+    def serves(self, key: str) -> bool:
+        return self.fetcher.serves(key)
+
+    async def get(self, key: str, first: int, last: int, etag: str) -> GetResult:
+        try:
+            data, total = await self.fetcher.fetch(key, first, last)
+        except CloudFrontError:
+            return await self.store.get(key, first, last, if_match=etag)
+        return GetResult(data, total, etag)
 
 
 @dataclass
@@ -46,6 +68,7 @@ class ReadContext:
     nursery: trio.Nursery
     small_file_size: int
     read_ahead: int
+    blobs: BlobSource | None = None
 
 
 @dataclass
@@ -63,14 +86,13 @@ class Segment:
 class ObjectReader:
     """Reads of one open file (see module docstring)."""
 
-    def __init__(
-        self, ctx: ReadContext, key: str, size: int, etag: str, fetcher: Fetcher | None = None
-    ) -> None:
+    def __init__(self, ctx: ReadContext, key: str, size: int, etag: str) -> None:
         self._ctx = ctx
         self.key = key
         self.size = size
         self.etag = etag
-        self._fetcher = fetcher
+        blobs = ctx.blobs
+        self._blobs = blobs if blobs is not None and blobs.serves(key) else None
         self._whole: bytes | None = None
         self._segments: list[Segment] = []
         self._next_fetch = 0
@@ -100,7 +122,10 @@ class ObjectReader:
 
     async def _read_small(self, offset: int, size: int) -> bytes:
         if self._whole is None:
-            got = await self._ctx.store.get(self.key)
+            if self._blobs is not None:
+                got = await self._blobs.get(self.key, 0, self.size - 1, self.etag)
+            else:
+                got = await self._ctx.store.get(self.key)
             self._whole = got.data
             self.etag = got.etag
         return self._whole[offset : offset + size]
@@ -160,8 +185,8 @@ class ObjectReader:
                 self._drop(segment)
 
     async def _get(self, first: int, last: int) -> GetResult:
-        if self._fetcher is not None:
-            return await self._fetcher(first, last, self.etag)
+        if self._blobs is not None:
+            return await self._blobs.get(self.key, first, last, self.etag)
         return await self._ctx.store.get(self.key, first, last, if_match=self.etag)
 
     async def _collect(self, offset: int, end: int) -> bytes:

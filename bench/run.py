@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""The benchmark: this mount against s3fs-fuse, rclone mount, raw boto3 and the registry's
+native S3 driver, on the same S3 server in the same run.
+
+    python bench/run.py [--quick] [--backend rgw|moto|both] [--systems LIST]
+                        [--workloads LIST] [--runs N] [--delay-ms LIST] [--out FILE]
+                        [--markdown FILE]
+
+Starts the server(s) itself (Ceph RGW on bluestore, then moto), a counting/delaying proxy
+per delay, and for every run, workload and system a fresh bucket and a fresh mount.
+Prints one table per backend and delay (median of the runs, MiB/s or ops/s, speed ratios
+to raw boto3, s3fs and the native driver, S3 requests, peak RSS of the daemon) and the
+issue's targets; writes every sample and the summary as JSON. See bench/README.md.
+Run as root (drop_caches, FUSE mounts); talks only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import boto3
+
+from bench import fsworkloads as fw
+from bench import regworkloads as rw
+from bench import report
+from bench.common import (
+    FULL,
+    QUICK,
+    REPO,
+    BenchError,
+    Endpoint,
+    GiB,
+    MiB,
+    Sample,
+    Sizes,
+    delete_bucket,
+    run_cmd,
+    s3_client,
+    write_random_file,
+)
+from bench.context import Ctx, LocalData, Proxy, reason
+from bench.proxy import NoProxy, ProxyProcess
+from bench.servers import server as start_server
+from bench.systems import ALL_SYSTEMS, FS_SYSTEMS, Mounter
+from tests.mounts import S3Server
+from tests.registry import make_image, random_layer
+
+Workload = Callable[[Ctx, str, list[Sample]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One numbered workload of the issue: the sample ids it yields and who can run it."""
+
+    ids: tuple[str, ...]
+    systems: tuple[str, ...]
+    fn: Workload
+
+
+FS_AND_BOTO3 = (*FS_SYSTEMS, "boto3")
+FS_AND_NATIVE = (*FS_SYSTEMS, "native")
+GROUPS: dict[int, Group] = {
+    1: Group(("1",), FS_AND_BOTO3, fw.w1_write),
+    2: Group(("2",), FS_AND_BOTO3, fw.w2_read),
+    3: Group(("3in", "3out"), FS_AND_BOTO3, fw.w3_cp),
+    4: Group(("4",), FS_AND_BOTO3, fw.w4_small),
+    5: Group(("5ls", "5find"), FS_AND_BOTO3, fw.w5_list),
+    6: Group(("6",), FS_AND_BOTO3, fw.w6_rename),
+    7: Group(("7",), FS_AND_BOTO3, fw.w7_append),
+    8: Group(("8w", "8r"), FS_AND_BOTO3, fw.w8_parallel),
+    9: Group(("9push", "9pull", "11push", "11pull"), FS_AND_NATIVE, rw.w9_push_pull),
+    10: Group(("10",), FS_AND_NATIVE, rw.w10_chunked),
+    12: Group(("12",), FS_AND_BOTO3, fw.w12_memory),
+}
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description="Benchmark this mount against its peers on one S3 server (bench/README.md).",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and 1 run: a smoke test of the harness, not a benchmark",
+    )
+    ap.add_argument("--backend", choices=["rgw", "moto", "both"], default="both")
+    ap.add_argument(
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}",
+    )
+    ap.add_argument(
+        "--workloads",
+        default="1,2,3,4,5,6,7,8,9,10,11,12",
+        help="comma-separated workload numbers (11 is measured with 9)",
+    )
+    ap.add_argument("--runs", type=int, default=None, help="runs per workload (3; --quick: 1)")
+    ap.add_argument(
+        "--delay-ms",
+        default="0,20",
+        help="comma-separated delays added each way by the proxy (default 0,20)",
+    )
+    ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    ap.add_argument(
+        "--markdown", default="", help="also write the tables as a RESULTS.md-style file"
+    )
+    ap.add_argument("--objectstore", choices=["bluestore", "memstore"], default="bluestore")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="at delay 0, connect straight to the server (no proxy, no counts)",
+    )
+    ap.add_argument(
+        "--mount-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a mount: setting of this daemon, e.g. memory_budget=512MiB",
+    )
+    ap.add_argument("--s3fs-opt", action="append", default=[], help="extra s3fs -o option")
+    ap.add_argument("--rclone-flag", action="append", default=[], help="extra rclone flag")
+    ap.add_argument("--workdir", default="", help="scratch directory (default: a new one)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
+    args = ap.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    return args
+
+
+def selected_groups(text: str) -> list[int]:
+    wanted = {int(x) for x in text.split(",") if x.strip()}
+    if 11 in wanted:
+        wanted.add(9)  # the requests of (11) are counted during the push and pull of (9)
+    unknown = wanted - set(GROUPS) - {11}
+    if unknown:
+        raise SystemExit(f"unknown workloads: {sorted(unknown)}")
+    return sorted(wanted & set(GROUPS))
+
+
+def selected_systems(text: str) -> list[str]:
+    systems = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = set(systems) - set(ALL_SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems: {sorted(unknown)}")
+    return systems
+
+
+def mount_options(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--mount-opt wants KEY=VALUE, not {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_size(text: str) -> int:
+    """A mount size setting (``512MiB``, ``1GB``, ``1048576``) in bytes."""
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+        "kib": 1024,
+        "mib": MiB,
+        "gib": GiB,
+    }
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in units:
+        raise SystemExit(f"cannot read the size {text!r}")
+    return int(float(m.group(1)) * units[m.group(2).lower()])
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+class LazyLayers(Sequence[bytes]):
+    """Random layers made on demand, so a ~1 GiB image never sits in memory at once."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = list(sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return random_layer(self.sizes[i], seed=1000 + i % len(self))
+
+
+def prepare_local(workdir: Path, sizes: Sizes) -> LocalData:
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    cp_src = data / "cp-src"
+    write_random_file(cp_src, sizes.cp)
+    image_dir = data / "image"
+    shutil.rmtree(image_dir, ignore_errors=True)
+    image = make_image(image_dir, LazyLayers(sizes.image_layers))
+    return LocalData(cp_src, image_dir, image, os.urandom(sizes.chunked))
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class Runner:
+    """Runs every selected workload on every selected system, recording all samples."""
+
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, workdir: Path) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.workdir = workdir
+        self.groups = selected_groups(args.workloads)
+        self.systems = selected_systems(args.systems)
+        self.delays = [int(x) for x in args.delay_ms.split(",") if x.strip()]
+        self.mount_opts = mount_options(args.mount_opt)
+        self.samples: list[Sample] = []
+        self.meta: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        data = prepare_local(self.workdir, self.sizes)
+        backends = ["rgw", "moto"] if self.args.backend == "both" else [self.args.backend]
+        for backend in backends:
+            self._backend(backend, data)
+
+    def _backend(self, backend: str, data: LocalData) -> None:
+        log(f"== {backend}: starting the server")
+        with start_server(backend, self.workdir / backend, self.args.objectstore) as server:
+            direct = s3_client(Endpoint(server.endpoint, server.access_key, server.secret_key))
+            ro_bucket = "bench-ro"
+            direct.create_bucket(Bucket=ro_bucket)
+            try:
+                t0 = time.monotonic()
+                fw.make_ro_bucket(direct, ro_bucket, self.sizes)
+                log(f"   read-only inputs uploaded in {time.monotonic() - t0:.1f}s")
+                for delay in self.delays:
+                    with self._proxy(server, delay) as proxy:
+                        self._delay(backend, delay, server, direct, proxy, ro_bucket, data)
+            finally:
+                with contextlib.suppress(Exception):
+                    delete_bucket(direct, ro_bucket)
+
+    @contextlib.contextmanager
+    def _proxy(self, server: S3Server, delay: int) -> Iterator[Proxy]:
+        if delay == 0 and self.args.direct:
+            yield NoProxy(server.endpoint)
+            return
+        proxy = ProxyProcess(server.endpoint, delay, self.workdir / f"proxy-{delay}.log").start()
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+    def _delay(
+        self,
+        backend: str,
+        delay: int,
+        server: S3Server,
+        direct: Any,
+        proxy: Proxy,
+        ro_bucket: str,
+        data: LocalData,
+    ) -> None:
+        endpoint = Endpoint(proxy.url, server.access_key, server.secret_key)
+        mounter = Mounter(
+            server,
+            endpoint,
+            provider="Ceph" if backend == "rgw" else "Other",
+            mount_options=self.mount_opts,
+            s3fs_options=self.args.s3fs_opt,
+            rclone_flags=self.args.rclone_flag,
+        )
+        workdir = self.workdir / f"{backend}-{delay}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        for run in range(self.args.runs):
+            ctx = Ctx(
+                backend,
+                delay,
+                run,
+                self.sizes,
+                server,
+                direct,
+                endpoint,
+                proxy,
+                mounter,
+                workdir,
+                ro_bucket,
+                data,
+            )
+            for number in self.groups:
+                for system in self.systems:
+                    if system in GROUPS[number].systems:
+                        self._one(ctx, number, system)
+
+    def _one(self, ctx: Ctx, number: int, system: str) -> None:
+        """One workload on one system; a failure becomes samples that say why."""
+        group = GROUPS[number]
+        out: list[Sample] = []
+        try:
+            group.fn(ctx, system, out)
+        except Exception as e:  # any failure of a peer is a result, not the end of the run
+            why = reason(e)
+            expected = [(wl, system) for wl in group.ids]
+            if number == 6 and system == "boto3":
+                expected.append(("6", "boto3-copy"))
+            have = {(s.workload, s.system) for s in out}
+            out += [ctx.sample(wl, sy, error=why) for wl, sy in expected if (wl, sy) not in have]
+        for s in out:
+            log(f"   [{ctx.backend} {ctx.delay_ms}ms run {ctx.run + 1}] {describe(s)}")
+        self.samples += out
+        self.save()
+
+    # -------------------------------------------------------------------------- output
+
+    def save(self) -> None:
+        """Write the JSON after every workload, so an interrupted run keeps its numbers."""
+        rows = report.summarize(self.samples)
+        doc = {
+            "meta": self.meta,
+            "summary": [dataclasses.asdict(r) | {"rate": r.rate} for r in rows.values()],
+            "targets": [dataclasses.asdict(t) for t in self.all_targets(rows)],
+            "samples": [dataclasses.asdict(s) for s in self.samples],
+        }
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(out)
+
+    def budget(self) -> int:
+        return parse_size(self.mount_opts.get("memory_budget", "512MiB"))
+
+    def sections(self) -> list[tuple[str, int]]:
+        seen = dict.fromkeys((s.backend, s.delay_ms) for s in self.samples)
+        return list(seen)
+
+    def all_targets(self, rows: dict[tuple[str, int, str, str], report.Row]) -> list[report.Target]:
+        out: list[report.Target] = []
+        for backend, delay in self.sections():
+            out += report.targets(rows, backend, delay, self.budget())
+        return out
+
+
+def describe(s: Sample) -> str:
+    if s.error:
+        return f"{s.workload} {s.system}: failed: {s.error}"
+    if s.unit == "req":
+        return f"{s.workload} {s.system}: {s.requests} requests {s.by_method}"
+    rate = ""
+    if s.seconds:
+        rate = (
+            f"{s.amount / s.seconds / MiB:.1f} MiB/s"
+            if s.unit == "B"
+            else f"{s.amount / s.seconds:.1f} ops/s"
+        )
+    rss = f", peak RSS {s.rss / MiB:.0f} MiB" if s.rss else ""
+    return f"{s.workload} {s.system}: {s.seconds:.3f}s {rate}, {s.requests} requests{rss}"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ metadata
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything measured, for RESULTS.md."""
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            return run_cmd(argv, 30).strip().splitlines()[0]
+        except (BenchError, OSError, IndexError):
+            return "unavailable"
+
+    import moto  # noqa: PLC0415 - only needed for its version
+
+    import s3fs_registry  # noqa: PLC0415
+
+    return {
+        "kernel": platform.release(),
+        "s3fs-registry": getattr(s3fs_registry, "__version__", "?"),
+        "s3fs": first_line(["s3fs", "--version"]),
+        "rclone": first_line(["rclone", "version"]),
+        "ceph": first_line(["ceph", "--version"]),
+        "docker-registry": first_line(["docker-registry", "--version"]),
+        "skopeo": first_line(["skopeo", "--version"]),
+        "python": platform.python_version(),
+        "boto3": boto3.__version__,
+        "moto": moto.__version__,
+    }
+
+
+def machine() -> dict[str, str]:
+    mem = "?"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) // 1024} MiB"
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": str(os.cpu_count()), "memory": mem, "cpu": cpu}
+
+
+def print_report(runner: Runner) -> str:
+    rows = report.summarize(runner.samples)
+    parts = []
+    for backend, delay in runner.sections():
+        cells = report.table_cells(rows, backend, delay)
+        parts.append(f"\n== {backend}, {delay} ms each way ==\n" + report.render_text(cells))
+        tlines = [
+            f"  {t.status:<4} {t.name}: {t.detail}"
+            for t in report.targets(rows, backend, delay, runner.budget())
+        ]
+        parts.append("targets:\n" + "\n".join(tlines))
+    text = "\n".join(parts)
+    print(text)
+    return text
+
+
+def write_markdown(runner: Runner, path: Path) -> None:
+    rows = report.summarize(runner.samples)
+    meta = runner.meta
+    lines = ["# Benchmark results", ""]
+    if runner.args.quick:
+        lines += [
+            "> **Quick smoke run with small sizes (`--quick`), NOT the real benchmark.**",
+            "> The numbers only show that the harness runs; they say nothing about speed.",
+            "",
+        ]
+    lines += [
+        f"* Date: {meta['date']}",
+        f"* Command: `{meta['command']}`",
+        f"* Wall time: {meta.get('wall_seconds', 0):.0f} s",
+        "* Versions:",
+    ]
+    lines += [f"  * {k}: {v}" for k, v in meta["versions"].items()]
+    lines += ["* Machine: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].items()), ""]
+    lines += [
+        f"Sizes: {meta['sizes']}",
+        "",
+        "How to read the table: bench/README.md. Ratios are speed ratios "
+        "(higher is faster) except workload 11, where x native = requests / native's.",
+        "",
+    ]
+    for backend, delay in runner.sections():
+        lines += [f"## {backend}, {delay} ms each way", ""]
+        lines += [report.render_markdown(report.table_cells(rows, backend, delay)), ""]
+        lines += ["Targets:", ""]
+        lines += [
+            f"* {t.status} {t.name}: {t.detail}"
+            for t in report.targets(rows, backend, delay, runner.budget())
+        ]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sizes = QUICK if args.quick else FULL
+    own_workdir = not args.workdir
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3b-", dir="/tmp")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(args, sizes, workdir)
+    runner.meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
+        "versions": versions(),
+        "machine": machine(),
+        "workdir": str(workdir),
+    }
+    log(f"scratch directory: {workdir}")
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        log("interrupted: reporting what was measured")
+    finally:
+        runner.meta["wall_seconds"] = time.monotonic() - runner.started
+        runner.save()
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_report(runner)
+    if args.markdown:
+        write_markdown(runner, Path(args.markdown))
+    log(f"results: {args.out}; wall time {runner.meta['wall_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
