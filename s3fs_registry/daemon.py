@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
+from s3fs_registry.cloudfront import CloudFrontFetcher
 from s3fs_registry.config import Config
 from s3fs_registry.errors import (
     AccessDeniedError,
@@ -30,7 +31,6 @@ from s3fs_registry.errors import (
 )
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
-from s3fs_registry.cloudfront import CloudFrontFetcher
 from s3fs_registry.reader import BlobSource, ReadContext
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem

@@ -10,10 +10,11 @@ Beliefs about S3 age. Each node records when its attributes were last confirmed
 (`checked`, on a monotonic clock); each directory may hold the listing it was last read
 with. How long a belief is trusted depends on the path: content-addressed registry paths
 (`blobs/**`, `_manifests/revisions/**`) never change once written, so their attributes are
-trusted for `immutable_ttl`; everything else for `metadata_ttl`, which bounds how stale
-another mount's change can look. "Does not exist" is remembered for `negative_ttl`.
-What this mount itself did is always known at once: its own writes, renames and deletes
-update the nodes, listings and negative entries directly.
+trusted for `immutable_ttl`, and so are the registry's skeleton directories
+(`docker/registry/v2`, its `blobs` and `repositories`); everything else for `metadata_ttl`,
+which bounds how stale another mount's change can look. "Does not exist" is remembered
+for `negative_ttl`. What this mount itself did is always known at once: its own writes,
+renames and deletes update the nodes, listings and negative entries directly.
 
 Nothing here does I/O or imports pyfuse3; vfs.py drives it.
 """
@@ -36,6 +37,24 @@ ROOT_INODE = 1
 NEGATIVE_CACHE_ENTRIES = 65536
 IMMUTABLE_PATH = re.compile(
     r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
+)
+#: registry files whose content is a function of their path (hash states of an upload at an
+#: offset, links named by the digest they hold, blobs): rewriting one with the bytes this
+#: mount stored moments ago cannot be undoing another writer's change
+DETERMINISTIC_PATH = re.compile(
+    r"^docker/registry/v2/(blobs/.+/data"
+    r"|repositories/.+/(_uploads/[^/]+/hashstates/.+"
+    r"|_layers/.+/link|_manifests/revisions/.+/link|_manifests/tags/[^/]+/index/.+/link))$"
+)
+#: directories every registry with data has, and never loses
+REGISTRY_SKELETON = frozenset(
+    {
+        "docker",
+        "docker/registry",
+        "docker/registry/v2",
+        "docker/registry/v2/blobs",
+        "docker/registry/v2/repositories",
+    }
 )
 #: a registry upload's hash state: `_uploads/<uuid>/hashstates/<alg>/<offset>`
 UPLOAD_HASHSTATE = re.compile(
@@ -84,6 +103,7 @@ class Node:
         "opens",
         "parent",
         "size",
+        "stored_here",
     )
 
     def __init__(self, ino: int, parent: Node | None, name: str, is_dir: bool) -> None:
@@ -102,6 +122,7 @@ class Node:
         self.local = False  # exists only in this mount (mkdir'd dir, file not yet uploaded)
         self.in_s3 = False  # a file whose object is known to exist
         self.detached = False  # unlinked or replaced: no longer reachable by its name
+        self.stored_here = False  # the object's current ETag is from this mount's own write
         self.file: Any = None  # vfs.FileState while the file is open for writing
 
     def __repr__(self) -> str:
@@ -155,7 +176,14 @@ class Namespace:
     # -- trust ---------------------------------------------------------------------------
 
     def ttl(self, rel: str) -> float:
-        return self.immutable_ttl if IMMUTABLE_PATH.match(rel) else self.metadata_ttl
+        if rel in REGISTRY_SKELETON or IMMUTABLE_PATH.match(rel):
+            return self.immutable_ttl
+        return self.metadata_ttl
+
+    def confirmed_recently(self, node: Node) -> bool:
+        """Were the node's attributes confirmed (by S3 or this mount's own write) within
+        its TTL? Unlike `fresh`, being open for writing does not count."""
+        return self.clock() - node.checked < self.ttl(self.rel(node))
 
     def fresh(self, node: Node) -> bool:
         """Are the node's attributes still trusted without asking S3?"""
@@ -215,6 +243,8 @@ class Namespace:
             self.nodes[node.ino] = node
             parent.children[name] = node
         if node.file is None:  # a file being written knows better than S3
+            if entry.etag != node.etag:
+                node.stored_here = False  # someone else wrote it since
             node.size, node.mtime, node.etag = entry.size, entry.mtime, entry.etag
             node.in_s3 = not entry.is_dir
         node.checked = self.clock()

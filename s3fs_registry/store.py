@@ -355,6 +355,7 @@ class Store:
         while True:
             attempt += 1
             self.stats.count(operation)
+            log.debug("S3 %s %s", operation, key)
             try:
                 return await trio.to_thread.run_sync(fn, limiter=limiter)
             except BaseException as raw:

@@ -24,7 +24,14 @@ import trio
 
 from s3fs_registry.config import Config
 from s3fs_registry.errors import FsError
-from s3fs_registry.namespace import UPLOAD_HASHSTATE, Entry, Listing, Namespace, Node
+from s3fs_registry.namespace import (
+    DETERMINISTIC_PATH,
+    UPLOAD_HASHSTATE,
+    Entry,
+    Listing,
+    Namespace,
+    Node,
+)
 from s3fs_registry.reader import ObjectReader, ReadContext
 from s3fs_registry.store import MAX_PARTS, Store, check_key
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
@@ -408,7 +415,10 @@ class Filesystem:
         if size == 0:
             if content is not None:
                 _discard(content)
-            state.content = WriteSession(self.writes, self.ns.key(node), None)
+            same_skippable = DETERMINISTIC_PATH.match(self.ns.rel(node)) is not None
+            recent = same_skippable and node.stored_here and self.ns.confirmed_recently(node)
+            stored = node.etag if recent else ""
+            state.content = WriteSession(self.writes, self.ns.key(node), None, stored)
         elif isinstance(content, WriteSession) and size > current:
             await content.extend(size)
         elif size != current:
@@ -438,6 +448,7 @@ class Filesystem:
 
     def _note_committed(self, node: Node, size: int, etag: str) -> None:
         node.size, node.etag, node.mtime = size, etag, time.time()
+        node.stored_here = True
         node.in_s3, node.local, node.checked = True, False, self.ns.clock()
         parent = node.parent
         while parent is not None and parent.local and parent is not self.ns.root:

@@ -17,8 +17,10 @@ spool budget, ENOSPC beyond it) and uploads that file at commit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from s3fs_registry.store import MAX_PART, MAX_PARTS, MIN_PART, Store
 log = logging.getLogger(__name__)
 
 PART_TIER = 1000  # parts per part-size tier; the size doubles every tier so objects reach TiBs
+SAME_CHECK_LIMIT = 1024 * 1024
+_PLAIN_ETAG = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,15 @@ class WriteContext:
 class WriteSession:
     """Streaming multipart upload of a file's new content (see module docstring)."""
 
-    def __init__(self, ctx: WriteContext, key: str, base: Base | None) -> None:
+    def __init__(
+        self, ctx: WriteContext, key: str, base: Base | None, unchanged_etag: str = ""
+    ) -> None:
         self._ctx = ctx
         self.key = key
         self._base = base if base is not None and base.size > 0 else None
+        # the ETag of the object as this mount last stored it: a rewrite with the same bytes
+        # (the registry writes each hash state twice) then needs no request at all
+        self._unchanged_etag = unchanged_etag
         self.size = self._base.size if self._base else 0
         self._buf = bytearray()
         self._buf_start = self.size  # logical offset of _buf[0]
@@ -178,7 +187,9 @@ class WriteSession:
             raise self.error
         try:
             await self._take_base()
-            if self._upload_id is None:
+            if self._upload_id is None and self._same_as_stored():
+                etag = self._unchanged_etag
+            elif self._upload_id is None:
                 etag = await self._ctx.store.put(self.key, self._buf)
             else:
                 etag = await self._complete()
@@ -188,6 +199,17 @@ class WriteSession:
         finally:
             self._release_buffer()
         return Committed(self.size, etag)
+
+    def _same_as_stored(self) -> bool:
+        """Is the content byte for byte what this mount last stored under the key?
+
+        A plain PutObject's ETag is the MD5 of its bytes; only small contents are compared,
+        because the hash runs on the trio thread.
+        """
+        etag = self._unchanged_etag.strip('"')
+        if not _PLAIN_ETAG.fullmatch(etag) or len(self._buf) > SAME_CHECK_LIMIT:
+            return False
+        return hashlib.md5(self._buf, usedforsecurity=False).hexdigest() == etag
 
     def abort(self) -> None:
         """Discard everything; a started multipart upload is aborted in the background."""

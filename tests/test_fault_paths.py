@@ -208,3 +208,26 @@ def test_small_files_cost_one_get(pm: Mount, proxy: S3Proxy) -> None:
     proxy.reset_counts()
     assert (pm.path / "link").read_bytes() == b"sha256:" + b"a" * 64
     assert proxy.count(method="GET", path_contains="/link") == 1
+
+
+def test_rewrite_with_the_same_bytes_needs_no_request(pm: Mount, proxy: S3Proxy) -> None:
+    """The registry writes every upload hash state twice; the second write costs nothing.
+    Only for registry paths whose content is a function of their name."""
+    from tests.test_registry_trace import put_content_28
+
+    state = pm.path / "docker/registry/v2/repositories/r/_uploads/u/hashstates/sha256/0"
+    put_content_28(pm.path / "docker/registry/v2/repositories/r/_uploads/u/startedat", b"t")
+    put_content_28(state, b"h" * 108)
+    proxy.reset_counts()
+    put_content_28(state, b"h" * 108)
+    assert proxy.count(method="PUT") == 0
+    put_content_28(state, b"x" * 108)
+    assert proxy.count(method="PUT") == 1
+    assert (
+        pm.object("docker/registry/v2/repositories/r/_uploads/u/hashstates/sha256/0") == b"x" * 108
+    )
+    tag = pm.path / "docker/registry/v2/repositories/r/_manifests/tags/t/current/link"
+    put_content_28(tag, b"sha256:" + b"1" * 64)
+    proxy.reset_counts()
+    put_content_28(tag, b"sha256:" + b"1" * 64)  # a tag may have moved meanwhile: rewrite it
+    assert proxy.count(method="PUT") == 1
