@@ -32,6 +32,7 @@ INITIAL_WINDOW = (
 )  # the kernel's own 128 KiB read-ahead fits in the first GET
 SEGMENT = 8 * 1024 * 1024
 BACKTRACK = 1024 * 1024  # keep this much behind the reader for slightly out-of-order reads
+MIN_DEMAND = 1024 * 1024  # smallest fetch for a read when memory is short
 
 
 class BlobSource:
@@ -94,6 +95,7 @@ class ObjectReader:
         blobs = ctx.blobs
         self._blobs = blobs if blobs is not None and blobs.serves(key) else None
         self._whole: bytes | None = None
+        self._whole_held = 0
         self._segments: list[Segment] = []
         self._next_fetch = 0
         self._window = INITIAL_WINDOW
@@ -117,6 +119,8 @@ class ObjectReader:
             self._drop(segment)
         self._segments = []
         self._whole = None
+        self._ctx.pool.give(self._whole_held)
+        self._whole_held = 0
 
     # -- small files ---------------------------------------------------------------------
 
@@ -126,8 +130,12 @@ class ObjectReader:
                 got = await self._blobs.get(self.key, 0, self.size - 1, self.etag)
             else:
                 got = await self._ctx.store.get(self.key)
+            if self._closed:
+                return got.data[offset : offset + size]
             self._whole = got.data
             self.etag = got.etag
+            self._whole_held = len(got.data)
+            self._ctx.pool.force(self._whole_held)  # counted until the file is closed
         return self._whole[offset : offset + size]
 
     # -- read-ahead ----------------------------------------------------------------------
@@ -152,13 +160,16 @@ class ObjectReader:
     def _schedule(self, offset: int, end: int) -> None:
         """Fetch what the read needs (always) and the window after it (if memory is free)."""
         horizon = min(self.size, max(end, offset + self._window))
+        pool = self._ctx.pool
         while self._next_fetch < horizon:
             start = self._next_fetch
             length = min(SEGMENT, self._window, self.size - start)
-            if start >= end and not self._ctx.pool.try_take(length):
-                return
-            if start < end:
-                self._ctx.pool.force(length)
+            if not pool.try_take(length):
+                if start >= end:
+                    return  # no memory for read-ahead: fetch only what is asked for
+                # needed now: take memory anyway, but no more than the read itself wants
+                length = min(length, max(end - start, MIN_DEMAND), self.size - start)
+                pool.force(length)
             segment = Segment(start, start + length, held=length)
             self._segments.append(segment)
             self._next_fetch = segment.end
