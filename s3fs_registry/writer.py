@@ -17,6 +17,7 @@ spool budget, ENOSPC beyond it) and uploads that file at commit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -477,7 +478,9 @@ class SpoolSession:
                 _pwrite_all, self._fd, data, offset, limiter=self._limiter
             )
         except OSError as exc:
-            raise NoSpaceError(f"spool write failed: {exc}") from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"spool write failed: {exc}") from exc
+            raise
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
