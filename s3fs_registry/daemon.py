@@ -154,7 +154,13 @@ async def _serve(
         )
         blobs = _blob_source(config, store)
         reads = ReadContext(
-            store, budget.parts, background, mount.small_file_size, mount.read_ahead, blobs
+            store,
+            budget.parts,
+            background,
+            mount.small_file_size,
+            mount.read_ahead,
+            blobs,
+            feeds=trio.CapacityLimiter(store.read_slots),
         )
         fs = Filesystem(config, store, writes, reads)
         if mount.janitor:

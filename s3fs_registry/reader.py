@@ -1,29 +1,39 @@
-"""Read path: whole-object GETs for small files, ranged GETs with read-ahead for large ones.
+"""Read path: whole-object GETs for small files, streamed read-ahead for large ones.
 
 Registry reads are of two kinds: small metadata files (links of 71 bytes, hashstates,
 manifests), which cost one GET and nothing more, and blob data served to clients in large
 sequential reads that may start at any offset (HTTP Range) with several readers at once.
 For the second kind each open file keeps a window of segments ahead of the reader: it
 starts at `INITIAL_WINDOW`, doubles with every sequential read up to the configured
-`read_ahead`, and is fetched as parallel ranged GETs of at most `SEGMENT` bytes. A read
-outside the window (a seek) drops it and starts small again, so random reads stay cheap.
+`read_ahead`, and a read outside the window (a seek) drops it and starts small again, so
+random reads stay cheap.
+
+From S3 the segments of a sequential pass are filled from one open-ended ranged GET (a
+`_Feed`), read piece by piece as the window advances: a blob pulled from start to end costs
+one request, as with the registry's own S3 driver, and a single stream is as fast as
+parallel ranges on the servers measured (doc/DEVELOPMENT.md). A feed gives its connection
+back when the reader pauses, and a new one resumes where it stopped. When all feed slots
+are taken, and for blobs read through CloudFront, each segment is its own ranged GET,
+fetched in parallel.
 
 Read-ahead memory comes from the mount-wide budget only when it is free; the bytes a reader
 is waiting for are always fetched. Every response is checked (status, length, range) by the
-store; after the first response, ranged GETs carry If-Match so that a file replaced in the
-middle of a read gives ESTALE, never a mix of two versions.
+store; GETs carry If-Match once the ETag is known, so that a file replaced in the middle of
+a read gives ESTALE, never a mix of two versions.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import trio
 
 from s3fs_registry.budget import Pool
 from s3fs_registry.cloudfront import CloudFrontError, CloudFrontFetcher
-from s3fs_registry.store import GetResult, Store
+from s3fs_registry.errors import IntegrityError, StoreError, TransientError
+from s3fs_registry.store import GetResult, Store, Stream
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +43,8 @@ INITIAL_WINDOW = (
 SEGMENT = 8 * 1024 * 1024
 BACKTRACK = 1024 * 1024  # keep this much behind the reader for slightly out-of-order reads
 MIN_DEMAND = 1024 * 1024  # smallest fetch for a read when memory is short
+FEED_IDLE_S = 2.0  # a feed with nothing to fill for this long gives its connection back
+FEED_RETRIES = 3  # reopen attempts after a stream broke, per segment
 
 
 class BlobSource:
@@ -70,6 +82,18 @@ class ReadContext:
     small_file_size: int
     read_ahead: int
     blobs: BlobSource | None = None
+    #: how many feeds (open streaming GETs) may run at once; each holds one connection
+    feeds: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
+
+
+class _Feed:
+    """One open-ended GET filling consecutive segments of one reader (module docstring)."""
+
+    def __init__(self, start: int) -> None:
+        self.next = start  # where the next queued segment must start
+        self.queue: deque[Segment] = deque()
+        self.wake = trio.Event()
+        self.cancelled = False
 
 
 @dataclass
@@ -82,6 +106,7 @@ class Segment:
     data: bytes = b""
     error: BaseException | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    waiters: int = 0  # reads waiting for these bytes
 
 
 class ObjectReader:
@@ -101,6 +126,7 @@ class ObjectReader:
         self._window = INITIAL_WINDOW
         self._last_end = -1
         self._closed = False
+        self._feed: _Feed | None = None
 
     async def read(self, offset: int, size: int) -> bytes:
         if offset >= self.size or size <= 0:
@@ -115,6 +141,7 @@ class ObjectReader:
     def close(self) -> None:
         """Give back read-ahead memory; fetches still running give theirs when they finish."""
         self._closed = True
+        self._stop_feed()
         for segment in self._segments:
             self._drop(segment)
         self._segments = []
@@ -144,6 +171,7 @@ class ObjectReader:
         """Grow the window on sequential reads; restart it when the reader left it."""
         inside = bool(self._segments) and self._segments[0].start <= offset <= self._next_fetch
         if not inside:
+            self._stop_feed()
             for segment in self._segments:
                 self._drop(segment)
             self._segments = []
@@ -173,7 +201,101 @@ class ObjectReader:
             segment = Segment(start, start + length, held=length)
             self._segments.append(segment)
             self._next_fetch = segment.end
-            self._ctx.nursery.start_soon(self._fetch, segment)
+            if not self._feed_segment(segment):
+                self._ctx.nursery.start_soon(self._fetch, segment)
+
+    # -- feeds: one streaming GET for a sequential pass ------------------------------------
+
+    def _feed_segment(self, segment: Segment) -> bool:
+        """Queue `segment` on this reader's feed, starting one if a slot is free."""
+        if self._blobs is not None:
+            return False
+        feed = self._feed
+        if feed is None or feed.cancelled or feed.next != segment.start:
+            self._stop_feed()
+            feed = _Feed(segment.start)
+            try:
+                self._ctx.feeds.acquire_on_behalf_of_nowait(feed)
+            except trio.WouldBlock:
+                return False
+            self._feed = feed
+            self._ctx.nursery.start_soon(self._run_feed, feed)
+        feed.queue.append(segment)
+        feed.next = segment.end
+        feed.wake.set()
+        return True
+
+    def _stop_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.cancelled = True
+            self._feed.wake.set()
+            self._feed = None
+
+    async def _run_feed(self, feed: _Feed) -> None:
+        stream: Stream | None = None
+        try:
+            while not feed.cancelled:
+                if not feed.queue:
+                    feed.wake = trio.Event()
+                    with trio.move_on_after(FEED_IDLE_S):
+                        await feed.wake.wait()
+                    if not feed.queue:
+                        break  # the reader paused: give the connection back
+                    continue
+                stream = await self._fill(feed, feed.queue[0], stream)
+                feed.queue.popleft()
+        finally:
+            if stream is not None:
+                stream.close()
+            feed.cancelled = True
+            if self._feed is feed:
+                self._feed = None
+            for segment in feed.queue:  # not filled: fetch what someone still wants
+                if segment.waiters or segment in self._segments:
+                    self._ctx.nursery.start_soon(self._fetch, segment)
+                else:
+                    segment.done.set()
+            self._ctx.feeds.release_on_behalf_of(feed)
+
+    async def _fill(self, feed: _Feed, segment: Segment, stream: Stream | None) -> Stream | None:
+        """Read `segment` from the stream, reopening it after a transient failure."""
+        store = self._ctx.store
+        for attempt in range(FEED_RETRIES + 1):
+            try:
+                if stream is None or stream.position != segment.start:
+                    if stream is not None:
+                        stream.close()
+                    stream = await store.open_stream(self.key, segment.start, self.etag)
+                    if stream is not None and not self.etag:
+                        self.etag = stream.etag
+                data = (
+                    b""
+                    if stream is None
+                    else await store.read_stream(stream, segment.end - segment.start)
+                )
+            except (TransientError, IntegrityError) as exc:
+                if stream is not None:
+                    stream.close()
+                stream = None
+                if attempt < FEED_RETRIES and not feed.cancelled:
+                    log.info("%s: stream broke at %d (%s); reopening", self.key, segment.start, exc)
+                    continue
+                self._finish(segment, error=exc)
+                return None
+            except StoreError as exc:
+                self._finish(segment, error=exc)
+                return stream
+            self._finish(segment, data=data)
+            return stream
+        return stream
+
+    def _finish(
+        self, segment: Segment, data: bytes = b"", error: BaseException | None = None
+    ) -> None:
+        segment.data, segment.error = data, error
+        segment.done.set()
+        if self._closed:
+            self._drop(segment)
 
     async def _fetch(self, segment: Segment) -> None:
         try:
@@ -203,7 +325,11 @@ class ObjectReader:
     async def _collect(self, offset: int, end: int) -> bytes:
         pieces: list[bytes] = []
         for segment in [s for s in self._segments if s.start < end and s.end > offset]:
-            await segment.done.wait()
+            segment.waiters += 1
+            try:
+                await segment.done.wait()
+            finally:
+                segment.waiters -= 1
             if segment.error is not None:
                 self._forget(segment)
                 raise segment.error
