@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 NEGATIVE_CACHE_ENTRIES = 65536
+MISSES_BEFORE_LISTING = 3  # vain lookups in a directory before it is listed instead
 IMMUTABLE_PATH = re.compile(
     r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
 )
@@ -87,6 +88,7 @@ class Node:
     """One path this mount knows; see the module docstring."""
 
     __slots__ = (
+        "big_until",
         "checked",
         "children",
         "detached",
@@ -98,6 +100,8 @@ class Node:
         "listing",
         "local",
         "lookups",
+        "miss_since",
+        "misses",
         "mtime",
         "name",
         "opens",
@@ -123,6 +127,9 @@ class Node:
         self.in_s3 = False  # a file whose object is known to exist
         self.detached = False  # unlinked or replaced: no longer reachable by its name
         self.stored_here = False  # the object's current ETag is from this mount's own write
+        self.misses = 0  # directories: names looked up in vain lately ...
+        self.miss_since = 0.0  # ... since this time
+        self.big_until = 0.0  # directories: more than a listing page, known until this time
         self.file: Any = None  # vfs.FileState while the file is open for writing
 
     def __repr__(self) -> str:
@@ -190,6 +197,23 @@ class Namespace:
         if node.local or node.file is not None:
             return True
         return self.clock() - node.checked < self.ttl(self.rel(node))
+
+    def note_miss(self, parent: Node) -> None:
+        """A name was looked up in `parent` and did not exist (a create is likely next)."""
+        now = self.clock()
+        if now - parent.miss_since > self.metadata_ttl:
+            parent.misses, parent.miss_since = 0, now
+        parent.misses += 1
+
+    def creating_in(self, parent: Node) -> bool:
+        """Are names being created in `parent` one after another (cp -r, many small files)?
+
+        Then one listing answers the next lookups for `metadata_ttl` instead of one probe
+        each; directories bigger than one listing page keep being probed.
+        """
+        now = self.clock()
+        recent = now - parent.miss_since <= self.metadata_ttl
+        return recent and parent.misses >= MISSES_BEFORE_LISTING and now >= parent.big_until
 
     def listing_fresh(self, node: Node) -> bool:
         return node.listing is not None and self.clock() - node.listing.fetched < self.metadata_ttl

@@ -33,13 +33,14 @@ from s3fs_registry.namespace import (
     Node,
 )
 from s3fs_registry.reader import ObjectReader, ReadContext
-from s3fs_registry.store import MAX_PARTS, Store, check_key
+from s3fs_registry.store import MAX_PARTS, ObjectInfo, Store, check_key
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
 
 log = logging.getLogger(__name__)
 
 Content = WriteSession | SpoolSession
 NAME_MAX = 255
+BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
 COPY_PARALLEL_KEYS = 16
 
 
@@ -130,11 +131,17 @@ class Filesystem:
             return node
         if self.ns.is_negative(rel):
             return None
+        if not self.ns.listing_fresh(parent) and self.ns.creating_in(parent):
+            listing = await self._fetch_small_listing(parent)
+            if listing is not None:
+                parent.listing = listing
         if self.ns.listing_fresh(parent):
             assert parent.listing is not None
             entry = parent.listing.entries.get(name)
         else:
             entry = await self._probe(self.ns.prefix + rel)
+        if entry is None:
+            self.ns.note_miss(parent)
         node = parent.children.get(name)  # re-read: the probe awaited
         if node is not None and (node.local or node.file is not None):
             return node
@@ -241,6 +248,18 @@ class Filesystem:
     async def _fetch_listing(self, node: Node) -> Listing:
         prefix = self.ns.dir_prefix(node)
         objects, prefixes = await self.store.list_all(prefix)
+        return self._listing_of(prefix, objects, prefixes)
+
+    async def _fetch_small_listing(self, node: Node) -> Listing | None:
+        """The directory's listing if it fits one page; None (and remembered) if it does not."""
+        prefix = self.ns.dir_prefix(node)
+        page = await self.store.list_page(prefix)
+        if page.next_token is not None:
+            node.big_until = self.ns.clock() + BIG_DIR_MEMORY * self.ns.metadata_ttl
+            return None
+        return self._listing_of(prefix, page.objects, page.prefixes)
+
+    def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
         entries: dict[str, Entry] = {}
         for obj in objects:
             name = obj.key[len(prefix) :]
