@@ -337,15 +337,15 @@ def test_other_writers_visible_within_the_ttl(shared: Mount, d: Path) -> None:
     settle()
     expect_errno(errno.ENOENT, os.stat, d / "remote")
     shared.server.put(shared.bucket, key, b"v1")
-    time.sleep(1.5)
+    time.sleep(2.0)
     assert (d / "remote").read_bytes() == b"v1"
     assert "remote" in os.listdir(d)
     shared.server.put(shared.bucket, key, b"version 2")
-    time.sleep(1.5)
+    time.sleep(2.0)
     assert os.stat(d / "remote").st_size == 9
     assert (d / "remote").read_bytes() == b"version 2"
     shared.server.client().delete_object(Bucket=shared.bucket, Key=key)
-    time.sleep(1.5)
+    time.sleep(2.0)
     expect_errno(errno.ENOENT, os.stat, d / "remote")
     assert "remote" not in os.listdir(d)
 
