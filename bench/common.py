@@ -11,7 +11,7 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ QUICK = Sizes(
     chunk=5 * MiB,
     rss_writers=8,
     rss_size=32 * MiB,
-    timeout=300.0,
+    timeout=120.0,
 )
 
 
@@ -232,12 +232,6 @@ def drop_caches() -> bool:
     except OSError:
         return False
     return True
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------ S3 helpers

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,7 +30,6 @@ from bench.common import (
     last_line,
     reset_hwm,
     run_cmd,
-    timed,
 )
 from bench.systems import Mounted, Mounter
 from tests.mounts import S3Server
@@ -39,7 +39,9 @@ from tests.registry import ImageInfo, SkopeoError
 def reason(e: BaseException) -> str:
     """One short line that says why a step failed (scratch paths shortened to MNT/...)."""
     if isinstance(e, SkopeoError):
-        text = f"skopeo: {last_line(e.output)}"
+        line = last_line(e.output)
+        m = re.search(r'msg="(.*)', line)  # skopeo's logrus line: the message is what matters
+        text = f"skopeo: {m.group(1).rstrip(chr(34)) if m else line}"
     else:
         lines = str(e).strip().splitlines()
         text = lines[0] if lines else ""
@@ -83,6 +85,8 @@ class Ctx:
     workdir: Path
     ro_bucket: str  # read-only inputs of (2), (3 out), (5), (8 readers)
     data: LocalData
+    _t0: float = 0.0
+    _marks: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def sample(self, workload: str, system: str, **fields: Any) -> Sample:
         return Sample(self.backend, self.delay_ms, self.run, workload, system, **fields)
@@ -109,6 +113,7 @@ class Ctx:
         first = len(out)
         try:
             yield fs
+            fs.settle(self.sizes.timeout)
         finally:
             code = fs.stop()
             if code != 0:
@@ -143,7 +148,10 @@ class Ctx:
         self.proxy.reset()
         for pid in watched:
             reset_hwm(pid)
-        seconds = timed(fn)
+        self._marks = {}
+        self._t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - self._t0
         stats = self.proxy.stats()
         return self.sample(
             workload,
@@ -154,7 +162,12 @@ class Ctx:
             requests=stats.get("requests"),
             by_method=stats.get("by_method", {}),
             rss=fs.rss() if fs else None,
+            extra=dict(self._marks),
         )
+
+    def mark(self, name: str) -> None:
+        """Note how long the timed step has run so far (e.g. until close() returned)."""
+        self._marks[name] = time.perf_counter() - self._t0
 
     def boto3(
         self,

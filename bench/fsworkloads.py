@@ -72,6 +72,7 @@ def w1_write(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
             def step() -> None:
                 run_cmd(_dd_write(fs.path / "seq", size), t)
+                ctx.mark("returned_s")
                 wait_objects(ctx.direct, bucket, {"seq": size}, t)
 
             out.append(ctx.measure("1", system, step, amount=size, fs=fs))
@@ -108,6 +109,7 @@ def _cp_in(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
             def step() -> None:
                 run_cmd(["cp", str(src), str(fs.path / "cp")], t)
+                ctx.mark("returned_s")
                 wait_objects(ctx.direct, bucket, {"cp": size}, t)
 
             out.append(ctx.measure("3in", system, step, amount=size, fs=fs))
@@ -160,6 +162,7 @@ def w4_small(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
             def step() -> None:
                 run_cmd(argv, t)
+                ctx.mark("returned_s")
                 wait_count(ctx.direct, bucket, f"{SMALL_DIR}/f", n, t)
 
             out.append(ctx.measure("4", system, step, amount=n, unit="ops", fs=fs))
@@ -219,6 +222,7 @@ def w6_rename(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
             def step() -> None:
                 run_cmd(["mv", str(fs.path / "big"), str(fs.path / "big2")], t)
+                ctx.mark("returned_s")
                 wait_objects(ctx.direct, bucket, {"big2": size}, t)
                 wait_gone(ctx.direct, bucket, "big", t)
 
@@ -238,6 +242,7 @@ def w7_append(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
             def step() -> None:
                 run_cmd(argv, t)
+                ctx.mark("returned_s")
                 wait_objects(ctx.direct, bucket, {"app": base + add}, t)
 
             out.append(ctx.measure("7", system, step, amount=add, fs=fs))
@@ -294,6 +299,7 @@ def _parallel_writes(
 
     def step() -> None:
         run_parallel([_dd_write(fs.path / k, size) for k in keys], t)
+        ctx.mark("returned_s")
         wait_objects(ctx.direct, bucket, dict.fromkeys(keys, size), t)
 
     return ctx.measure(wl, system, step, amount=len(keys) * size, fs=fs)

@@ -7,6 +7,10 @@
   daemon deferred past close() are included.
 * (10) a chunked blob upload: POST, PATCHes of ``sizes.chunk`` bytes, PUT ?digest=.
 
+As for file writes, a push or upload counts as done once S3 has the data: for rclone's
+cache mode the time includes waiting for its deferred uploads (``returned_s`` is when the
+registry answered).
+
 The registry is Debian's ``docker-registry`` started by tests/registry.py: with the
 ``filesystem`` driver rooted at the mount point, or (system ``native``) with its ``s3``
 driver pointed at the same proxy and an identical ``storage.s3`` block.
@@ -123,7 +127,13 @@ def _step(
     mine: list[Sample] = []
     with registry_on(ctx, system, bucket, mine, cold=name == "pull") as (reg, fs):
         assert reg.proc is not None
-        step = lambda: action(reg)  # noqa: E731
+
+        def step() -> None:
+            action(reg)
+            if fs is not None:  # durable, as the native driver is when it answers
+                ctx.mark("returned_s")
+                fs.settle(ctx.sizes.timeout)
+
         sample = ctx.measure(wl, system, step, amount=amount, fs=fs, pids=[reg.proc.pid])
         registry_rss = vm_hwm(reg.proc.pid)
         if registry_rss is not None:

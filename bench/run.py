@@ -142,6 +142,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--rclone-flag", action="append", default=[], help="extra rclone flag")
     ap.add_argument("--workdir", default="", help="scratch directory (default: a new one)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
+    ap.add_argument(
+        "--report",
+        default="",
+        metavar="JSON[,JSON]",
+        help="measure nothing: print (and --markdown) the tables of saved result files",
+    )
     args = ap.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     return args
@@ -447,14 +453,34 @@ def print_report(runner: Runner) -> str:
     return text
 
 
+def human_sizes(sizes: dict[str, Any]) -> str:
+    """The Sizes of a run in words, for RESULTS.md."""
+
+    def mib(n: int) -> str:
+        return f"{n / GiB:g} GiB" if n >= GiB else f"{n / MiB:g} MiB"
+
+    layers = "+".join(f"{n // MiB}" for n in sizes["image_layers"])
+    return (
+        f"(1)(2) {mib(sizes['seq'])}; (3) {mib(sizes['cp'])}; "
+        f"(4) {sizes['small_count']} x {sizes['small_size']} B; "
+        f"(5) {sizes['tree_dirs'] * sizes['tree_files']} files in {sizes['tree_dirs']} dirs; "
+        f"(6) {mib(sizes['rename'])}; (7) {mib(sizes['append_base'])} + "
+        f"{mib(sizes['append_add'])}; (8) {sizes['par_count']} x {mib(sizes['par_size'])}; "
+        f"(9) image of {layers} MiB layers; (10) {mib(sizes['chunked'])} in "
+        f"{mib(sizes['chunk'])} PATCHes; (12) {sizes['rss_writers']} x {mib(sizes['rss_size'])}"
+    )
+
+
 def write_markdown(runner: Runner, path: Path) -> None:
     rows = report.summarize(runner.samples)
     meta = runner.meta
     lines = ["# Benchmark results", ""]
-    if runner.args.quick:
+    if meta.get("quick"):
         lines += [
             "> **Quick smoke run with small sizes (`--quick`), NOT the real benchmark.**",
-            "> The numbers only show that the harness runs; they say nothing about speed.",
+            "> The numbers, and the PASS/FAIL of the targets, only show that the harness runs;",
+            "> at these sizes they say nothing about speed. The benchmark is",
+            "> `python bench/run.py --markdown bench/RESULTS.md` on an idle machine.",
             "",
         ]
     lines += [
@@ -464,9 +490,14 @@ def write_markdown(runner: Runner, path: Path) -> None:
         "* Versions:",
     ]
     lines += [f"  * {k}: {v}" for k, v in meta["versions"].items()]
-    lines += ["* Machine: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].items()), ""]
+    lines += ["* Machine: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].items())]
     lines += [
-        f"Sizes: {meta['sizes']}",
+        f"* RGW object store: {meta.get('rgw_objectstore', 'bluestore')}; "
+        f"S3 proxy: {meta.get('proxy', 'bench/proxy.py at every delay')}",
+        "",
+    ]
+    lines += [
+        f"Sizes: {human_sizes(meta['sizes'])}",
         "",
         "How to read the table: bench/README.md. Ratios are speed ratios "
         "(higher is faster) except workload 11, where x native = requests / native's.",
@@ -487,9 +518,29 @@ def write_markdown(runner: Runner, path: Path) -> None:
 # ------------------------------------------------------------------------------ main
 
 
+def report_only(args: argparse.Namespace, sizes: Sizes) -> int:
+    """Tables from saved JSON files (several runs merged), without measuring anything."""
+    runner = Runner(args, sizes, Path(tempfile.gettempdir()))
+    metas = []
+    for name in args.report.split(","):
+        doc = json.loads(Path(name).read_text())
+        metas.append(doc["meta"])
+        runner.samples += [Sample(**d) for d in doc["samples"]]
+    runner.meta = dict(metas[0])
+    runner.meta["command"] = " ; ".join(m["command"] for m in metas)
+    runner.meta["wall_seconds"] = sum(m.get("wall_seconds", 0.0) for m in metas)
+    runner.meta["quick"] = any(m.get("quick") for m in metas)
+    print_report(runner)
+    if args.markdown:
+        write_markdown(runner, Path(args.markdown))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sizes = QUICK if args.quick else FULL
+    if args.report:
+        return report_only(args, sizes)
     own_workdir = not args.workdir
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3b-", dir="/tmp")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -502,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(),
         "machine": machine(),
         "workdir": str(workdir),
+        "rgw_objectstore": args.objectstore,
+        "proxy": "none at delay 0 (--direct)" if args.direct else "bench/proxy.py at every delay",
     }
     log(f"scratch directory: {workdir}")
     try:

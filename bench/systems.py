@@ -8,27 +8,32 @@
   region), ``sigv4``; everything else (10 MB parts, 5 parallel, 900 s stat cache) default.
 * ``rclone-off`` / ``rclone-writes``: ``rclone mount`` with ``--vfs-cache-mode off`` /
   ``writes`` and a remote of type s3 given by environment variables (provider ``Ceph`` on
-  RGW, ``Other`` on moto). With ``writes``, ``--vfs-write-back 0s`` starts the upload at
-  close instead of 5 s later; the upload still happens after close returns, which is why
-  every timed write waits until S3 has the object. On moto only, ``no_head`` is set
-  (moto answers rclone's verifying HEAD ?versionId=null with 400 after every multipart
-  upload).
+  RGW, ``Other`` on moto), otherwise rclone's defaults. With ``writes`` the upload starts
+  ``--vfs-write-back`` (5 s) after close() returned, which is why every timed write waits
+  until S3 has the object (the time until close() returned is kept as ``returned_s``).
+  On moto only, ``no_head`` is set: moto answers CompleteMultipartUpload with
+  ``x-amz-version-id: null`` on an unversioned bucket and then 400 to rclone's verifying
+  HEAD ?versionId=null. (rclone's streaming upload, used by ``off``, HEADs regardless, so
+  ``rclone-off`` cannot write on moto at all.)
 
 Every system sees the bucket root, so a file's path below the mount point is its key.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import BenchError, Endpoint, last_line, vm_hwm
-from tests.mounts import Mount, S3Server
+from tests.mounts import Mount, S3Server, free_port
 
 FS_SYSTEMS = ("mount", "s3fs", "rclone-off", "rclone-writes")
 ALL_SYSTEMS = (*FS_SYSTEMS, "boto3", "native")
@@ -37,15 +42,33 @@ ALL_SYSTEMS = (*FS_SYSTEMS, "boto3", "native")
 class Mounted:
     """A mounted file system: where it is, its daemon, and how to take it down."""
 
-    def __init__(self, system: str, path: Path, pid: int, stop: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        system: str,
+        path: Path,
+        pid: int,
+        stop: Callable[[], int],
+        settle: Callable[[float], None] | None = None,
+    ) -> None:
         self.system = system
         self.path = path
         self.pid = pid
         self._stop = stop
+        self._settle = settle
         self.exit_code: int | None = None
 
     def rss(self) -> int | None:
         return vm_hwm(self.pid)
+
+    def settle(self, timeout: float) -> None:
+        """Wait until the daemon has uploaded what it acknowledged before uploading.
+
+        Only rclone's cache mode needs it: it uploads after close() and drops what is
+        still queued when it is unmounted, which the next mount (with a fresh cache)
+        would see as lost data.
+        """
+        if self._settle is not None:
+            self._settle(timeout)
 
     def stop(self) -> int:
         if self.exit_code is None:
@@ -142,12 +165,22 @@ class Mounter:
             env["RCLONE_CONFIG_BENCH_NO_HEAD"] = "true"
         argv = ["rclone", "mount", f"bench:{bucket}", "", "--vfs-cache-mode", mode]
         argv += ["--cache-dir", str(cache), "--log-level", "NOTICE"]
+        settle = None
         if mode == "writes":
-            argv += ["--vfs-write-back", "0s"]
+            rc = f"127.0.0.1:{free_port()}"
+            argv += ["--rc", f"--rc-addr={rc}", "--rc-no-auth"]
+            settle = functools.partial(_rclone_settle, rc)
         argv += self.rclone_flags
-        return self._spawn(f"rclone-{mode}", argv, workdir, env)
+        return self._spawn(f"rclone-{mode}", argv, workdir, env, settle)
 
-    def _spawn(self, system: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Mounted:
+    def _spawn(
+        self,
+        system: str,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        settle: Callable[[float], None] | None = None,
+    ) -> Mounted:
         """Start a FUSE daemon in the foreground ("" in argv is the mount point)."""
         path = workdir / "mnt"
         path.mkdir(exist_ok=True)
@@ -164,7 +197,25 @@ class Mounter:
                 tail = log_path.read_text(errors="replace")
                 raise BenchError(f"{system} did not mount: {last_line(tail)}")
             time.sleep(0.05)
-        return Mounted(system, path, proc.pid, lambda: _unmount(path, proc))
+        return Mounted(system, path, proc.pid, lambda: _unmount(path, proc), settle)
+
+
+def _rclone_settle(rc_addr: str, timeout: float) -> None:
+    """Wait until rclone's VFS cache has no upload queued or running (rc ``vfs/stats``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        req = urllib.request.Request(
+            f"http://{rc_addr}/vfs/stats", data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            cache = json.loads(resp.read()).get("diskCache", {})
+        if cache.get("erroredFiles"):
+            raise BenchError(f"rclone: {cache['erroredFiles']} file(s) failed to upload")
+        if not cache.get("uploadsInProgress") and not cache.get("uploadsQueued"):
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"rclone still uploading after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def _clean_env() -> dict[str, str]:
