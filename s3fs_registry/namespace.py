@@ -106,6 +106,7 @@ class Node:
         "name",
         "opens",
         "parent",
+        "pinned",
         "size",
         "stored_here",
     )
@@ -130,6 +131,7 @@ class Node:
         self.misses = 0  # directories: names looked up in vain lately ...
         self.miss_since = 0.0  # ... since this time
         self.big_until = 0.0  # directories: more than a listing page, known until this time
+        self.pinned = False  # made by mkdir here and still empty: kept even when forgotten
         self.file: Any = None  # vfs.FileState while the file is open for writing
 
     def __repr__(self) -> str:
@@ -285,6 +287,7 @@ class Namespace:
         node.in_s3 = False
         if is_dir:
             node.listing = Listing({}, self.clock())
+            node.pinned = True
         self.note_entry(parent, name, Entry(is_dir, 0, mtime))
         return node
 
@@ -294,7 +297,7 @@ class Namespace:
         if parent is not None and parent.children.get(node.name) is node:
             del parent.children[node.name]
         node.detached = True
-        node.local = False
+        node.local = node.pinned = False
         self._maybe_drop(node)
 
     def move(self, node: Node, parent: Node, name: str) -> None:
@@ -328,14 +331,17 @@ class Namespace:
     def _maybe_drop(self, node: Node) -> None:
         """Free a node nobody needs: no lookups, not open, not being written, no children.
 
-        An empty directory that exists only here (made by mkdir, or emptied by this mount)
-        goes too once the kernel forgets it, which bounds the memory such directories take.
+        A directory made by mkdir stays until it is removed or gains a file, as the operator
+        expects. One that exists only because this mount emptied it goes once the kernel
+        forgets it: S3 has nothing of it, and keeping every such directory (GC leaves many)
+        would grow without bound.
         """
         while (
             node is not self.root
             and node.lookups == 0
             and node.opens == 0
             and node.file is None
+            and not node.pinned
             and not node.children
         ):
             self.nodes.pop(node.ino, None)

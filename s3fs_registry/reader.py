@@ -44,7 +44,6 @@ SEGMENT = 8 * 1024 * 1024
 BACKTRACK = 1024 * 1024  # keep this much behind the reader for slightly out-of-order reads
 MIN_DEMAND = 1024 * 1024  # smallest fetch for a read when memory is short
 FEED_IDLE_S = 2.0  # a feed with nothing to fill for this long gives its connection back
-FEED_RETRIES = 3  # reopen attempts after a stream broke, per segment
 
 
 class BlobSource:
@@ -253,14 +252,19 @@ class ObjectReader:
             for segment in feed.queue:  # not filled: fetch what someone still wants
                 if segment.waiters or segment in self._segments:
                     self._ctx.nursery.start_soon(self._fetch, segment)
-                else:
-                    segment.done.set()
+                # else nobody can ever wait for it: it left the window and no read holds it
             self._ctx.feeds.release_on_behalf_of(feed)
 
     async def _fill(self, feed: _Feed, segment: Segment, stream: Stream | None) -> Stream | None:
-        """Read `segment` from the stream, reopening it after a transient failure."""
+        """Read `segment` from the stream; a stream that breaks mid-body is reopened there.
+
+        Opening has its own bounded retries in the store; reopening after a broken body is
+        bounded by the same `retry_attempts` and `retry_time`.
+        """
         store = self._ctx.store
-        for attempt in range(FEED_RETRIES + 1):
+        deadline = trio.current_time() + store.retry_time
+        reopens = 0
+        while True:
             try:
                 if stream is None or stream.position != segment.start:
                     if stream is not None:
@@ -268,16 +272,22 @@ class ObjectReader:
                     stream = await store.open_stream(self.key, segment.start, self.etag)
                     if stream is not None and not self.etag:
                         self.etag = stream.etag
-                data = (
-                    b""
-                    if stream is None
-                    else await store.read_stream(stream, segment.end - segment.start)
-                )
+                    if stream is None:
+                        self._finish(segment, data=b"")  # at or past the end of the object
+                        return None
+                data = await store.read_stream(stream, segment.end - segment.start)
             except (TransientError, IntegrityError) as exc:
+                broken_body = stream is not None
                 if stream is not None:
                     stream.close()
                 stream = None
-                if attempt < FEED_RETRIES and not feed.cancelled:
+                reopens += broken_body
+                if (
+                    broken_body
+                    and not feed.cancelled
+                    and reopens < store.retry_attempts
+                    and trio.current_time() < deadline
+                ):
                     log.info("%s: stream broke at %d (%s); reopening", self.key, segment.start, exc)
                     continue
                 self._finish(segment, error=exc)
@@ -287,7 +297,6 @@ class ObjectReader:
                 return stream
             self._finish(segment, data=data)
             return stream
-        return stream
 
     def _finish(
         self, segment: Segment, data: bytes = b"", error: BaseException | None = None
@@ -323,13 +332,19 @@ class ObjectReader:
         return await self._ctx.store.get(self.key, first, last, if_match=self.etag)
 
     async def _collect(self, offset: int, end: int) -> bytes:
-        pieces: list[bytes] = []
-        for segment in [s for s in self._segments if s.start < end and s.end > offset]:
+        wanted = [s for s in self._segments if s.start < end and s.end > offset]
+        for segment in wanted:  # claim them all first: a concurrent seek must not drop one
             segment.waiters += 1
-            try:
-                await segment.done.wait()
-            finally:
+        try:
+            return await self._gather(wanted, offset, end)
+        finally:
+            for segment in wanted:
                 segment.waiters -= 1
+
+    async def _gather(self, wanted: list[Segment], offset: int, end: int) -> bytes:
+        pieces: list[bytes] = []
+        for segment in wanted:
+            await segment.done.wait()
             if segment.error is not None:
                 self._forget(segment)
                 raise segment.error

@@ -7,8 +7,10 @@ writer waiting for a part upload must never starve the reads that other handlers
 
 Retries live here, not in botocore: the trio side sleeps between attempts (cancellable, no
 thread held), attempts and total time are bounded by the mount settings, and operations
-whose first attempt may already have taken effect (CompleteMultipartUpload,
-AbortMultipartUpload) are recognised on retry instead of being reported as failures.
+whose first attempt may already have taken effect are recognised instead of being reported
+as failures: a CompleteMultipartUpload whose upload is gone checks the object's ETag (the
+MD5 of the part ETags), an AbortMultipartUpload of a gone upload is done, and DeleteObject
+is idempotent.
 
 Every object write carries the registry driver's headers (Content-Type
 application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and a checksum
@@ -323,8 +325,8 @@ class Store:
         # nothing that the response checks below do not already do at run time
         self._client: Any = client if client is not None else make_client(s3, mount)
         self._bucket = s3.bucket
-        self._attempts = mount.retry_attempts
-        self._retry_time = mount.retry_time
+        self.retry_attempts = mount.retry_attempts
+        self.retry_time = mount.retry_time
         # Reads and writes wait on different things; separate pools keep one from starving the
         # other. Together they never exceed the connection pool.
         read_slots = max(1, mount.max_connections // 2)
@@ -363,15 +365,10 @@ class Store:
         fn: Callable[[], T],
         *,
         write: bool = False,
-        on_retry: Callable[[BaseException], T | None] | None = None,
     ) -> T:
-        """Run `fn` in a worker thread with bounded, jittered retries of transient errors.
-
-        `on_retry(error)` is asked, after a retried attempt failed with a non-transient error,
-        whether an earlier attempt already took effect; a non-None answer is the result.
-        """
+        """Run `fn` in a worker thread with bounded, jittered retries of transient errors."""
         limiter = self._write_limiter if write else self._read_limiter
-        deadline = time.monotonic() + self._retry_time
+        deadline = time.monotonic() + self.retry_time
         attempt = 0
         while True:
             attempt += 1
@@ -383,22 +380,17 @@ class Store:
                 if isinstance(raw, trio.Cancelled | KeyboardInterrupt):
                     raise
                 exc = translate_error(raw, operation, key)
-            if attempt > 1 and on_retry is not None and not _is_retryable(exc):
-                recovered = on_retry(exc)
-                if recovered is not None:
-                    log.info("%s %s: an earlier attempt had taken effect (%s)", operation, key, exc)
-                    return recovered
             delay = min(8.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if (
                 not _is_retryable(exc)
-                or attempt >= self._attempts
+                or attempt >= self.retry_attempts
                 or time.monotonic() + delay > deadline
             ):
                 if _is_retryable(exc):
                     self.stats.failures += 1
                 raise exc
             self.stats.retries += 1
-            log.warning("%s; retry %d of %d in %.2fs", exc, attempt, self._attempts - 1, delay)
+            log.warning("%s; retry %d of %d in %.2fs", exc, attempt, self.retry_attempts - 1, delay)
             await trio.sleep(delay)
 
     # -- reading -------------------------------------------------------------------------
@@ -625,30 +617,30 @@ class Store:
             )
             return str(resp.get("ETag") or expected)
 
-        def already_done(exc: BaseException) -> str | None:
-            if not (isinstance(exc, StoreError) and exc.code == "NoSuchUpload"):
-                return None
-            try:
-                head = self._client.head_object(Bucket=self._bucket, Key=key)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-                return None
-            return expected if head.get("ETag") == expected else None
-
-        etag = await self._call(
-            "CompleteMultipartUpload", key, work, write=True, on_retry=already_done
-        )
+        try:
+            etag = await self._call("CompleteMultipartUpload", key, work, write=True)
+        except StoreError as exc:
+            if exc.code != "NoSuchUpload" or not await self._completed_as(key, expected):
+                raise
+            # an earlier attempt completed it and its answer was lost: the object's ETag is
+            # the one of exactly these parts, so the content is ours
+            log.info("CompleteMultipartUpload %s: an earlier attempt had taken effect", key)
+            etag = expected
         self.live_uploads.discard(upload_id)
         return etag
+
+    async def _completed_as(self, key: str, etag: str) -> bool:
+        try:
+            return (await self.head(key)).etag == etag
+        except NotFoundError:
+            return False
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         def work() -> None:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
 
-        def already_done(exc: BaseException) -> None:
-            return None
-
         try:
-            await self._call("AbortMultipartUpload", key, work, write=True, on_retry=already_done)
+            await self._call("AbortMultipartUpload", key, work, write=True)
         except StoreError as exc:
             if exc.code != "NoSuchUpload":
                 raise

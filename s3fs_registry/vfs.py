@@ -107,7 +107,7 @@ class Filesystem:
     def _child_rel(self, parent: Node, name: str) -> str:
         if not name or name in {".", ".."} or "/" in name:
             raise FsError(errno.EINVAL, f"invalid name {name!r}")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        if _has_control(name):
             # S3 keys may hold control characters, but S3-compatible servers differ on them
             # (moto cannot store a newline) and listings need URL encoding: refuse them all
             raise FsError(errno.EINVAL, f"control character in name {name!r}")
@@ -459,6 +459,7 @@ class Filesystem:
         except BaseException as exc:
             state.error = exc
             if isinstance(content, WriteSession):
+                content.abort()  # no multipart upload is left behind, whatever failed
                 state.content = None
             raise
         if isinstance(content, WriteSession):
@@ -471,7 +472,7 @@ class Filesystem:
         node.in_s3, node.local, node.checked = True, False, self.ns.clock()
         parent = node.parent
         while parent is not None and parent.local and parent is not self.ns.root:
-            parent.local = False  # the directory now exists in S3 through this file
+            parent.local = parent.pinned = False  # it exists in S3 through this file now
             parent.checked = self.ns.clock()
             parent = parent.parent
         if node.parent is not None:
@@ -725,8 +726,18 @@ class Filesystem:
 
 
 def _listable(name: str) -> bool:
-    """Names that can appear in a directory: not empty (keys like `a//b`), not . or .., short."""
-    return bool(name) and name not in {".", ".."} and len(name.encode()) <= NAME_MAX
+    """Names that can appear in a directory: the ones a lookup accepts (not empty as in keys
+    like `a//b`, not . or .., at most 255 bytes, no control characters)."""
+    return (
+        bool(name)
+        and name not in {".", ".."}
+        and len(name.encode()) <= NAME_MAX
+        and not _has_control(name)
+    )
+
+
+def _has_control(name: str) -> bool:
+    return any(ord(c) < 0x20 or c == "\x7f" for c in name)
 
 
 def _discard(content: Content) -> None:

@@ -184,9 +184,9 @@ class WriteSession:
 
     async def commit(self) -> Committed:
         """Make the content one complete object at `self.key`; raise (and abort) on failure."""
-        if self.error is not None:
-            raise self.error
         try:
+            if self.error is not None:
+                raise self.error  # a background part failed: abort below, then report it
             await self._take_base()
             if self._upload_id is None and self._same_as_stored():
                 etag = self._unchanged_etag
