@@ -10,6 +10,7 @@ quirks where Ceph RGW differs from AWS. `Mount` starts `python -m s3fs_registry 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -17,12 +18,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 import yaml
 from botocore.config import Config as BotoConfig
 
@@ -265,3 +267,45 @@ def walk_files(root: Path) -> Iterator[Path]:
     for dirpath, _, files in os.walk(root):
         for name in files:
             yield Path(dirpath) / name
+
+
+def write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write `data` as the whole new content of `path` (O_TRUNC), in write(2)s of 4 MiB."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[: 4 * 1024 * 1024]) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_all(path: Path, chunk: int = 1024 * 1024) -> bytes:
+    """Read with plain read(2) calls until one returns 0 (EOF)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pieces = []
+        while piece := os.read(fd, chunk):
+            pieces.append(piece)
+        return b"".join(pieces)
+    finally:
+        os.close(fd)
+
+
+def expect_errno(code: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """`fn(*args, **kwargs)` must fail with OSError `code`."""
+    with pytest.raises(OSError) as info:
+        fn(*args, **kwargs)
+    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

@@ -127,9 +127,20 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+_RANDBYTES_PIECE = 64 * 1024 * 1024
+
+
 def random_layer(size: int, seed: int) -> bytes:
     """``size`` pseudo-random bytes, reproducible from ``seed``."""
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    if size <= _RANDBYTES_PIECE:
+        return rng.randbytes(size)
+    # randbytes(n) needs n * 8 bits in a C int: build large layers from pieces
+    pieces = [
+        rng.randbytes(min(_RANDBYTES_PIECE, size - done))
+        for done in range(0, size, _RANDBYTES_PIECE)
+    ]
+    return b"".join(pieces)
 
 
 def free_port(host: str = HOST) -> int:

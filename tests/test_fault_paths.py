@@ -11,12 +11,11 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server
+from tests.mounts import Mount, S3Server, expect_errno, write_file
 from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
@@ -38,22 +37,6 @@ def pm(s3: S3Server, proxy: S3Proxy, mount_factory: MountFactory) -> Mount:
         s3={"chunksize": 5 * MiB},
         mount={"retry_attempts": 3, "retry_time": "5s"},
     )
-
-
-def write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def expect_errno(code: int, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(OSError) as info:
-        fn(*args, **kwargs)
-    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
 
 
 def test_failed_put_is_an_error_at_close_and_keeps_the_old_object(

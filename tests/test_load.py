@@ -20,44 +20,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server
+from tests.mounts import Mount, S3Server, expect_errno, wait_until, write_file
 from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB
-
-
-def write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[: 4 * MiB]) :]
-    finally:
-        os.close(fd)
-
-
-def expect_errno(code: int, fn: Callable[..., Any], *args: Any) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def write_until_error(fd: int, data: bytes, offset: int) -> tuple[int, OSError | None]:

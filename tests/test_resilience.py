@@ -38,7 +38,7 @@ import botocore.exceptions
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server
+from tests.mounts import Mount, S3Server, expect_errno, read_all, wait_until, write_file
 from tests.registry import (
     ImageInfo,
     Registry,
@@ -60,52 +60,12 @@ SEED = 20240611
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[: 4 * MiB]) :]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_all(path: Path, chunk: int = MiB) -> bytes:
-    """Read with plain read(2) calls until one returns 0 (EOF)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pieces = []
-        while piece := os.read(fd, chunk):
-            pieces.append(piece)
-        return b"".join(pieces)
-    finally:
-        os.close(fd)
-
-
 def _write_once(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         assert os.write(fd, data) == len(data)
     finally:
         os.close(fd)
-
-
-def expect_errno(code: int, fn: Callable[..., Any], *args: Any) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def sha256(data: bytes) -> str:

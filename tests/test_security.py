@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.cloudfront_standin import CloudFrontStandIn, make_self_signed_cert
 from tests.conftest import MountFactory
-from tests.mounts import REPO, Mount, S3Server, s3_config
+from tests.mounts import REPO, Mount, S3Server, expect_errno, s3_config
 from tests.s3proxy import S3Proxy
 from tests.test_resilience import TamperProxy
 
@@ -58,12 +58,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
         check=False,
     )
-
-
-def expect_errno(code: int, fn: Callable[..., Any], *args: Any) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
 
 
 def proc_mount_options(path: Path) -> set[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts import Mount
+from tests.mounts import Mount, expect_errno
 
 MiB = 1024 * 1024
 
@@ -29,12 +29,6 @@ def rel(shared: Mount, path: Path) -> str:
 def settle() -> None:
     """Wait out metadata_ttl (1 s): changes made behind the mount's back show after it."""
     time.sleep(1.2)
-
-
-def expect_errno(code: int, fn, *args) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    assert info.value.errno == code, f"{info.value} (wanted {errno.errorcode[code]})"
 
 
 def test_root_is_a_listable_directory(shared: Mount) -> None:
