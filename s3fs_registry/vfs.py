@@ -480,21 +480,29 @@ class Filesystem:
         self.ns.clear_negative_under(self.ns.rel(node))
 
     async def flush(self, fh: int) -> None:
-        """close(): a writable handle reports the upload's outcome here."""
+        """close(): a writable handle reports the upload's outcome here.
+
+        One exception: a file created here to which nothing has been written yet is left for
+        the release of its last descriptor. Shells open a redirection's target and dup2 it
+        onto stdout before anything is written, so the first close comes before the bytes;
+        committing then would store the file twice (an empty object, then the content).
+        """
         handle = self._handle(fh)
         if handle.writable:
-            await self._commit_state(handle.node)
+            await self._commit_state(handle.node, defer_untouched=True)
 
     async def fsync(self, fh: int) -> None:
         await self._commit_state(self._handle(fh).node)
 
-    async def _commit_state(self, node: Node) -> None:
+    async def _commit_state(self, node: Node, defer_untouched: bool = False) -> None:
         state = node.file
         if state is None:
             return
         async with state.lock:
             if state.error is not None:
                 raise state.error
+            if defer_untouched and _untouched_new_file(node, state):
+                return
             await self._commit_locked(node, state)
 
     async def release(self, fh: int) -> None:
@@ -738,6 +746,17 @@ def _listable(name: str) -> bool:
 
 def _has_control(name: str) -> bool:
     return any(ord(c) < 0x20 or c == "\x7f" for c in name)
+
+
+def _untouched_new_file(node: Node, state: FileState) -> bool:
+    content = state.content
+    return (
+        node.local
+        and not node.in_s3
+        and isinstance(content, WriteSession)
+        and content.size == 0
+        and state.writers > 0
+    )
 
 
 def _discard(content: Content) -> None:

@@ -214,3 +214,13 @@ def test_rewrite_with_the_same_bytes_needs_no_request(pm: Mount, proxy: S3Proxy)
     proxy.reset_counts()
     put_content_28(tag, b"sha256:" + b"1" * 64)  # a tag may have moved meanwhile: rewrite it
     assert proxy.count(method="PUT") == 1
+
+
+def test_shell_redirection_costs_one_put(pm: Mount, proxy: S3Proxy) -> None:
+    """`printf x > f` closes f once before writing to it (dup2); only the content is stored."""
+    import subprocess
+
+    proxy.reset_counts()
+    subprocess.run(f"printf hello > {pm.path}/redirected", shell=True, check=True)
+    assert pm.object("redirected") == b"hello"
+    assert proxy.count(method="PUT") == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts import Mount, expect_errno
+from tests.mounts import Mount, expect_errno, wait_until
 
 MiB = 1024 * 1024
 
@@ -120,9 +120,18 @@ def test_readdir_paginates_and_uses_listing_attributes(shared: Mount, d: Path) -
 
 
 def test_zero_byte_and_small_files(shared: Mount, d: Path) -> None:
-    (d / "empty").touch()
+    (d / "empty").touch()  # stored at the release after close (doc/SEMANTICS.md: create)
     assert os.stat(d / "empty").st_size == 0
+    assert wait_until(lambda: rel(shared, d / "empty") in shared.object_keys(), 5)
     assert shared.object(rel(shared, d / "empty")) == b""
+    fd = os.open(d / "synced", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.fsync(fd)  # fsync stores it at once
+        assert shared.object(rel(shared, d / "synced")) == b""
+    finally:
+        os.close(fd)
+    subprocess.run(f"printf abc > {d}/redirected", shell=True, check=True)
+    assert shared.object(rel(shared, d / "redirected")) == b"abc"
     (d / "small").write_bytes(b"71 bytes" * 9)
     assert (d / "small").read_bytes() == b"71 bytes" * 9
 
