@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import cast
 
 import pyfuse3
 
@@ -245,7 +246,8 @@ class S3Operations(pyfuse3.Operations):
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         async with fuse_errors("read"):
-            return await self.fs.read(fh, off, size)
+            # pyfuse3 takes any buffer (PyObject_GetBuffer): a memoryview saves a copy
+            return cast(bytes, await self.fs.read(fh, off, size))
         raise AssertionError("unreachable")
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 NEGATIVE_CACHE_ENTRIES = 65536
 MISSES_BEFORE_LISTING = 3  # vain lookups in a directory before it is listed instead
+PREFETCHED_LISTINGS = 20000  # listings of subdirectories kept from subtree scans
 IMMUTABLE_PATH = re.compile(
     r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
 )
@@ -109,6 +110,8 @@ class Node:
         "pinned",
         "size",
         "stored_here",
+        "subtree_big_until",
+        "subtree_ok_until",
     )
 
     def __init__(self, ino: int, parent: Node | None, name: str, is_dir: bool) -> None:
@@ -132,6 +135,8 @@ class Node:
         self.miss_since = 0.0  # ... since this time
         self.big_until = 0.0  # directories: more than a listing page, known until this time
         self.pinned = False  # made by mkdir here and still empty: kept even when forgotten
+        self.subtree_ok_until = 0.0  # directories: everything below fits a scan, until then
+        self.subtree_big_until = 0.0  # ... or does not, until then
         self.file: Any = None  # vfs.FileState while the file is open for writing
 
     def __repr__(self) -> str:
@@ -159,6 +164,7 @@ class Namespace:
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._next_ino = ROOT_INODE + 1
         self._negative: OrderedDict[str, float] = OrderedDict()
+        self.prefetched: OrderedDict[str, Listing] = OrderedDict()
 
     # -- names ---------------------------------------------------------------------------
 
@@ -218,7 +224,27 @@ class Namespace:
         return recent and parent.misses >= MISSES_BEFORE_LISTING and now >= parent.big_until
 
     def listing_fresh(self, node: Node) -> bool:
-        return node.listing is not None and self.clock() - node.listing.fetched < self.metadata_ttl
+        now = self.clock()
+        if node.listing is not None and now - node.listing.fetched < self.metadata_ttl:
+            return True
+        if self.prefetched:  # a listing of an ancestor's subtree may cover this directory
+            listing = self.prefetched.pop(self.rel(node), None)
+            if listing is not None and now - listing.fetched < self.metadata_ttl:
+                node.listing = listing
+                return True
+        return False
+
+    def _drop_prefetched(self, parent: Node) -> None:
+        if self.prefetched:
+            self.prefetched.pop(self.rel(parent), None)
+
+    def store_prefetched(self, listings: dict[str, Listing]) -> None:
+        """Listings of directories below a scanned one, for when they are visited."""
+        for rel, listing in listings.items():
+            self.prefetched[rel] = listing
+            self.prefetched.move_to_end(rel)
+        while len(self.prefetched) > PREFETCHED_LISTINGS:
+            self.prefetched.popitem(last=False)
 
     def is_negative(self, rel: str) -> bool:
         expiry = self._negative.get(rel)
@@ -302,6 +328,8 @@ class Namespace:
 
     def move(self, node: Node, parent: Node, name: str) -> None:
         """Rename: `node` (and everything under it) now lives at parent/name."""
+        if node.is_dir:
+            self.prefetched.clear()  # listings kept by path would describe the old tree
         old_parent = node.parent
         assert old_parent is not None
         if old_parent.children.get(node.name) is node:
@@ -356,6 +384,7 @@ class Namespace:
 
     def note_entry(self, parent: Node, name: str, entry: Entry) -> None:
         """Record in the cached listing that `name` now exists (this mount made it so)."""
+        self._drop_prefetched(parent)
         if parent.listing is not None:
             parent.listing.entries[name] = entry
         self.clear_negative(self.child_rel(parent, name))
@@ -366,6 +395,7 @@ class Namespace:
         The directory stays, as it would on a local disk, even if that was its last key in
         S3: the registry removes an upload's directory and expects `_uploads` to remain.
         """
+        self._drop_prefetched(parent)
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
         self.set_negative(self.child_rel(parent, name))

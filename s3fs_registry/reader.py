@@ -37,6 +37,10 @@ from s3fs_registry.store import GetResult, Store, Stream
 
 log = logging.getLogger(__name__)
 
+#: what reads hand to pyfuse3, which takes any contiguous buffer: a slice of a fetched
+#: segment is passed on without a copy
+Buffer = bytes | memoryview
+
 INITIAL_WINDOW = (
     1024 * 1024 + 128 * 1024
 )  # the kernel's own 128 KiB read-ahead fits in the first GET
@@ -123,11 +127,11 @@ class ObjectReader:
         self._segments: list[Segment] = []
         self._next_fetch = 0
         self._window = INITIAL_WINDOW
-        self._last_end = -1
+        self._last_offset = -1
         self._closed = False
         self._feed: _Feed | None = None
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Buffer:
         if offset >= self.size or size <= 0:
             return b""
         if self.size <= self._ctx.small_file_size:
@@ -150,7 +154,7 @@ class ObjectReader:
 
     # -- small files ---------------------------------------------------------------------
 
-    async def _read_small(self, offset: int, size: int) -> bytes:
+    async def _read_small(self, offset: int, size: int) -> Buffer:
         if self._whole is None:
             if self._blobs is not None:
                 got = await self._blobs.get(self.key, 0, self.size - 1, self.etag)
@@ -162,13 +166,21 @@ class ObjectReader:
             self.etag = got.etag
             self._whole_held = len(got.data)
             self._ctx.pool.force(self._whole_held)  # counted until the file is closed
-        return self._whole[offset : offset + size]
+        return memoryview(self._whole)[offset : offset + size]
 
     # -- read-ahead ----------------------------------------------------------------------
 
     def _track(self, offset: int, end: int) -> None:
-        """Grow the window on sequential reads; restart it when the reader left it."""
-        inside = bool(self._segments) and self._segments[0].start <= offset <= self._next_fetch
+        """Grow the window on forward reads; restart it when the reader left it.
+
+        The kernel sends its read-ahead as several reads at once, which can arrive out of
+        order and a little ahead of what was fetched so far: a read up to one window past
+        the fetched bytes still continues the same pass (the same streaming GET).
+        """
+        inside = (
+            bool(self._segments)
+            and self._segments[0].start <= offset <= self._next_fetch + self._window
+        )
         if not inside:
             self._stop_feed()
             for segment in self._segments:
@@ -176,9 +188,9 @@ class ObjectReader:
             self._segments = []
             self._next_fetch = offset
             self._window = INITIAL_WINDOW
-        elif offset == self._last_end:
+        elif offset >= self._last_offset:
             self._window = min(max(self._ctx.read_ahead, INITIAL_WINDOW), self._window * 2)
-        self._last_end = end
+        self._last_offset = offset
         keep = [s for s in self._segments if s.end > offset - BACKTRACK]
         for segment in self._segments[: len(self._segments) - len(keep)]:
             self._drop(segment)
@@ -331,7 +343,7 @@ class ObjectReader:
             return await self._blobs.get(self.key, first, last, self.etag)
         return await self._ctx.store.get(self.key, first, last, if_match=self.etag)
 
-    async def _collect(self, offset: int, end: int) -> bytes:
+    async def _collect(self, offset: int, end: int) -> Buffer:
         wanted = [s for s in self._segments if s.start < end and s.end > offset]
         for segment in wanted:  # claim them all first: a concurrent seek must not drop one
             segment.waiters += 1
@@ -341,8 +353,8 @@ class ObjectReader:
             for segment in wanted:
                 segment.waiters -= 1
 
-    async def _gather(self, wanted: list[Segment], offset: int, end: int) -> bytes:
-        pieces: list[bytes] = []
+    async def _gather(self, wanted: list[Segment], offset: int, end: int) -> Buffer:
+        pieces: list[memoryview] = []
         for segment in wanted:
             await segment.done.wait()
             if segment.error is not None:
@@ -352,7 +364,7 @@ class ObjectReader:
                 max(offset, segment.start) - segment.start,
                 min(end, segment.end) - segment.start,
             )
-            pieces.append(segment.data[lo:hi])
+            pieces.append(memoryview(segment.data)[lo:hi])
             if len(segment.data) < hi:
                 break  # the object ended early: a short read, never invented bytes
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -32,7 +32,7 @@ from s3fs_registry.namespace import (
     Namespace,
     Node,
 )
-from s3fs_registry.reader import ObjectReader, ReadContext
+from s3fs_registry.reader import Buffer, ObjectReader, ReadContext
 from s3fs_registry.store import MAX_PARTS, ObjectInfo, Store, check_key
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 Content = WriteSession | SpoolSession
 NAME_MAX = 255
 BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
+SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
+FILE = Entry(False)
 COPY_PARALLEL_KEYS = 16
 
 
@@ -238,12 +240,78 @@ class Filesystem:
         """A snapshot of the directory for one opendir: S3's listing merged with local state."""
         node = self._dir(ino)
         if not self.ns.listing_fresh(node):
-            node.listing = await self._fetch_listing(node)
+            node.listing = await self._scan(node)
         assert node.listing is not None
         entries = dict(node.listing.entries)
         for name, child in self.ns.local_children(node):
             entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
         return sorted(entries.items())
+
+    async def _scan(self, node: Node) -> Listing:
+        """The directory's listing; when everything below it (or below the ancestor last
+        found small) fits `SUBTREE_PAGES` pages, all of it is listed at once.
+
+        `ls -lR`, `find`, and the registry's catalog and garbage-collection walks then cost
+        a few listing pages instead of one ListObjectsV2 per directory; the listings of the
+        subdirectories wait in the namespace until they are visited (for `metadata_ttl`).
+        """
+        now = self.ns.clock()
+        root = self._scan_root(node, now)
+        if root.subtree_big_until > now:
+            return await self._fetch_listing(node)
+        listings = await self._fetch_subtree(root)
+        memory = now + BIG_DIR_MEMORY * self.ns.metadata_ttl
+        if listings is None:
+            root.subtree_big_until, root.subtree_ok_until = memory, 0.0
+            return await self._fetch_listing(node)
+        root.subtree_ok_until = memory
+        rel = self.ns.rel(node)
+        own = listings.pop(rel, None) or Listing({}, self.ns.clock())
+        self.ns.store_prefetched(listings)
+        return own
+
+    def _scan_root(self, node: Node, now: float) -> Node:
+        """The highest directory above `node` (or `node`) whose subtree was found small."""
+        root, ancestor = node, node.parent
+        while ancestor is not None:
+            if ancestor.subtree_ok_until > now:
+                root = ancestor
+            ancestor = ancestor.parent
+        return root
+
+    async def _fetch_subtree(self, root: Node) -> dict[str, Listing] | None:
+        """Listings of `root` and every directory below it, or None beyond SUBTREE_PAGES."""
+        prefix = self.ns.dir_prefix(root)
+        objects: list[ObjectInfo] = []
+        token: str | None = None
+        for _ in range(SUBTREE_PAGES):
+            page = await self.store.list_page(prefix, delimiter="", token=token)
+            objects.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                return self._subtree_listings(self.ns.rel(root), prefix, objects)
+        return None
+
+    def _subtree_listings(
+        self, base: str, prefix: str, objects: list[ObjectInfo]
+    ) -> dict[str, Listing]:
+        fetched = self.ns.clock()
+        listings: dict[str, Listing] = {base: Listing({}, fetched)}
+        for obj in objects:
+            *dirs, last = obj.key[len(prefix) :].split("/")
+            where = base
+            for name in dirs:
+                if not _listable(name):
+                    break
+                listings[where].entries[name] = Entry(True, 0, self.dir_mtime)
+                where = f"{where}/{name}" if where else name
+                listings.setdefault(where, Listing({}, fetched))
+            else:
+                if last == "":
+                    listings[where].marker = True  # a `dir/` object of another tool
+                elif _listable(last) and not listings[where].entries.get(last, FILE).is_dir:
+                    listings[where].entries[last] = Entry(False, obj.size, obj.mtime, obj.etag)
+        return listings
 
     async def _fetch_listing(self, node: Node) -> Listing:
         prefix = self.ns.dir_prefix(node)
@@ -340,7 +408,7 @@ class Filesystem:
             raise FsError(errno.EBADF)
         return handle
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Buffer:
         handle = self._handle(fh)
         node = handle.node
         if node.detached:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -224,3 +225,29 @@ def test_shell_redirection_costs_one_put(pm: Mount, proxy: S3Proxy) -> None:
     subprocess.run(f"printf hello > {pm.path}/redirected", shell=True, check=True)
     assert pm.object("redirected") == b"hello"
     assert proxy.count(method="PUT") == 1
+
+
+def test_tree_walk_lists_the_subtree_once(pm: Mount, proxy: S3Proxy) -> None:
+    """ls -lR and find over a tree written by another tool: a few listing pages for the
+    whole tree (not one ListObjectsV2 per directory), no HEAD, every name right."""
+    import subprocess
+
+    client = pm.server.client()
+    expected = set()
+    for d in range(60):
+        for f in range(5):
+            key = f"tree/d{d:02d}/sub/f{f}"
+            client.put_object(Bucket=pm.bucket, Key=pm.prefix + key, Body=b"x" * f)
+            expected.add(key)
+    client.put_object(Bucket=pm.bucket, Key=pm.prefix + "tree/marker/", Body=b"")
+    proxy.reset_counts()
+    listing = subprocess.run(
+        ["ls", "-lR", str(pm.path / "tree")], check=True, capture_output=True, text=True
+    ).stdout
+    found = subprocess.run(
+        ["find", str(pm.path / "tree"), "-type", "f"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert {str(Path(p).relative_to(pm.path)) for p in found} == expected
+    assert listing.count(" f4\n") == 60 and "marker" in listing
+    assert proxy.count(method="HEAD") == 0
+    assert proxy.count(method="GET", query_contains="list-type=2") <= 6
