@@ -17,7 +17,8 @@ import time
 
 import trio
 
-from s3fs_registry.errors import StoreError
+from s3fs_registry.errors import NotFoundError, StoreError
+from s3fs_registry.namespace import UPLOAD_DATA
 from s3fs_registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,18 @@ class Janitor:
                 )
             await trio.sleep(self.interval)
 
+    async def _registry_still_owns(self, key: str) -> bool:
+        """An upload in flight of the registry (its `data` kept open, as the registry's S3
+        driver keeps it) is the registry's while its `startedat` exists: the registry's
+        upload purging removes it, with the upload, when it is old."""
+        if not UPLOAD_DATA.match(key[len(self.prefix) :]):
+            return False
+        try:
+            await self.store.head(key.rpartition("/")[0] + "/startedat")
+        except NotFoundError:
+            return False
+        return True
+
     async def sweep(self) -> int:
         """Abort every stale upload under the prefix; returns how many were aborted."""
         cutoff = time.time() - self.age
@@ -54,7 +67,10 @@ class Janitor:
             and u.initiated < cutoff
             and u.upload_id not in self.store.live_uploads  # never one of ours in flight
         ]
+        before = self.aborted
         for upload in stale:
+            if await self._registry_still_owns(upload.key):
+                continue
             try:
                 await self.store.abort_multipart(upload.key, upload.upload_id)
             except StoreError as exc:
@@ -66,4 +82,4 @@ class Janitor:
                 upload.key,
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(upload.initiated)),
             )
-        return len(stale)
+        return self.aborted - before

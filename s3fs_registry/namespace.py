@@ -26,7 +26,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from s3fs_registry.errors import FsError
@@ -58,10 +58,31 @@ REGISTRY_SKELETON = frozenset(
         "docker/registry/v2/repositories",
     }
 )
+#: the bytes of a registry upload in flight, kept as a pending multipart upload
+UPLOAD_DATA = re.compile(r"^docker/registry/v2/repositories/.+/_uploads/[^/]+/data$")
+UPLOAD_DIR = re.compile(r"^docker/registry/v2/repositories/.+/_uploads/[^/]+$")
 #: a registry upload's hash state: `_uploads/<uuid>/hashstates/<alg>/<offset>`
 UPLOAD_HASHSTATE = re.compile(
     r"^docker/registry/v2/repositories/.+/_uploads/[^/]+/hashstates/[^/]+/[^/]+$"
 )
+
+
+@dataclass
+class Pending:
+    """A file whose content is a multipart upload kept open (a registry upload in flight).
+
+    As with the registry's own S3 driver, the bytes of an upload in flight are the parts of
+    a pending multipart upload: durable in S3, found by ListMultipartUploads and ListParts,
+    and completed into an object only when the upload is committed (renamed into place).
+    """
+
+    upload_id: str
+    etags: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,7 @@ class Entry:
     size: int = 0
     mtime: float = 0.0
     etag: str = ""
+    pending: Pending | None = None
 
 
 @dataclass
@@ -107,6 +129,7 @@ class Node:
         "name",
         "opens",
         "parent",
+        "pending",
         "pinned",
         "size",
         "stored_here",
@@ -135,6 +158,7 @@ class Node:
         self.miss_since = 0.0  # ... since this time
         self.big_until = 0.0  # directories: more than a listing page, known until this time
         self.pinned = False  # made by mkdir here and still empty: kept even when forgotten
+        self.pending: Pending | None = None  # content is a multipart upload kept open
         self.subtree_ok_until = 0.0  # directories: everything below fits a scan, until then
         self.subtree_big_until = 0.0  # ... or does not, until then
         self.file: Any = None  # vfs.FileState while the file is open for writing
@@ -298,7 +322,8 @@ class Namespace:
             if entry.etag != node.etag:
                 node.stored_here = False  # someone else wrote it since
             node.size, node.mtime, node.etag = entry.size, entry.mtime, entry.etag
-            node.in_s3 = not entry.is_dir
+            node.in_s3 = not entry.is_dir and entry.pending is None
+            node.pending = entry.pending
         node.checked = self.clock()
         self.clear_negative(self.child_rel(parent, name))
         return node
@@ -405,7 +430,7 @@ class Namespace:
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""
         for name, node in parent.children.items():
-            if node.local or node.file is not None:
+            if node.local or node.file is not None or node.pending is not None:
                 yield name, node
 
     def descendants(self, node: Node) -> Iterator[Node]:

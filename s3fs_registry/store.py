@@ -157,6 +157,13 @@ class GetResult:
     etag: str
 
 
+def quoted(etag: str) -> str:
+    """An ETag in the quoted form S3 mostly uses (RGW leaves copy results bare), so that
+    ETags from different calls compare equal."""
+    bare = etag.strip('"')
+    return f'"{bare}"' if bare else ""
+
+
 def multipart_etag(part_etags: Sequence[str]) -> str:
     """The ETag S3 gives a completed multipart object: md5 of the part md5s, then -N."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -624,7 +631,7 @@ class Store:
                 CopySourceRange=f"bytes={first}-{last}",
                 **kwargs,
             )
-            return str(resp["CopyPartResult"]["ETag"])
+            return quoted(str(resp["CopyPartResult"]["ETag"]))
 
         return await self._call("UploadPartCopy", key, work, write=True)
 
@@ -680,7 +687,7 @@ class Store:
                 CopySource={"Bucket": self._bucket, "Key": source_key},
                 **self._write_args,
             )
-            return str(resp.get("CopyObjectResult", {}).get("ETag", ""))
+            return quoted(str(resp.get("CopyObjectResult", {}).get("ETag", "")))
 
         return await self._call("CopyObject", key, work, write=True)
 
@@ -751,10 +758,30 @@ class Store:
 
         return await self._call("ListMultipartUploads", prefix, work)
 
-    async def list_parts(self, key: str, upload_id: str) -> list[int]:
-        def work() -> list[int]:
-            resp = self._client.list_parts(Bucket=self._bucket, Key=key, UploadId=upload_id)
-            return [int(p["PartNumber"]) for p in resp.get("Parts", [])]
+    async def list_parts(self, key: str, upload_id: str) -> list[tuple[int, int, str]]:
+        """(number, size, ETag) of every part uploaded so far, following pagination."""
+        parts: list[tuple[int, int, str]] = []
+        marker = 0
+        while True:
+            page, marker = await self._list_parts_page(key, upload_id, marker)
+            parts.extend(page)
+            if not marker:
+                return parts
+
+    async def _list_parts_page(
+        self, key: str, upload_id: str, marker: int
+    ) -> tuple[list[tuple[int, int, str]], int]:
+        def work() -> tuple[list[tuple[int, int, str]], int]:
+            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "UploadId": upload_id}
+            if marker:
+                kwargs["PartNumberMarker"] = marker
+            resp = self._client.list_parts(**kwargs)
+            page = [
+                (int(p["PartNumber"]), int(p["Size"]), str(p["ETag"]))
+                for p in resp.get("Parts", [])
+            ]
+            more = resp.get("IsTruncated", False)
+            return page, int(resp.get("NextPartNumberMarker", 0)) if more else 0
 
         return await self._call("ListParts", key, work)
 

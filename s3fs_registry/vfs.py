@@ -26,14 +26,17 @@ from s3fs_registry.config import Config
 from s3fs_registry.errors import FsError
 from s3fs_registry.namespace import (
     DETERMINISTIC_PATH,
+    UPLOAD_DATA,
+    UPLOAD_DIR,
     UPLOAD_HASHSTATE,
     Entry,
     Listing,
     Namespace,
     Node,
+    Pending,
 )
 from s3fs_registry.reader import Buffer, ObjectReader, ReadContext
-from s3fs_registry.store import MAX_PARTS, ObjectInfo, Store, check_key
+from s3fs_registry.store import MAX_PARTS, MIN_PART, ObjectInfo, Store, check_key
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,10 @@ class Filesystem:
     # -- attributes and names ------------------------------------------------------------
 
     def attr(self, node: Node) -> Attr:
-        ttl = 0.0 if node.detached else self.ns.ttl(self.ns.rel(node))
+        rel = self.ns.rel(node)
+        # an upload's data may grow on another replica at any moment: the kernel asks each
+        # time (lseek(SEEK_END) included), and this mount answers from what it knows
+        ttl = 0.0 if node.detached or UPLOAD_DATA.match(rel) else self.ns.ttl(rel)
         mtime = node.mtime if not node.is_dir else self.dir_mtime
         return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
 
@@ -125,23 +131,16 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         return node
 
-    async def _resolve(self, parent: Node, name: str) -> Node | None:
-        """The child `name` of `parent`, from trusted beliefs or else from S3."""
+    async def _resolve(self, parent: Node, name: str, recheck: bool = False) -> Node | None:
+        """The child `name` of `parent`, from trusted beliefs or else (`recheck`: always)
+        from S3."""
         rel = self._child_rel(parent, name)
         node = parent.children.get(name)
-        if node is not None and self.ns.fresh(node):
+        if not recheck and node is not None and self.ns.fresh(node):
             return node
-        if self.ns.is_negative(rel):
+        if not recheck and self.ns.is_negative(rel):
             return None
-        if not self.ns.listing_fresh(parent) and self.ns.creating_in(parent):
-            listing = await self._fetch_small_listing(parent)
-            if listing is not None:
-                parent.listing = listing
-        if self.ns.listing_fresh(parent):
-            assert parent.listing is not None
-            entry = parent.listing.entries.get(name)
-        else:
-            entry = await self._probe(self.ns.prefix + rel)
+        entry = await self._entry(parent, name, rel, recheck)
         if entry is None:
             self.ns.note_miss(parent)
         node = parent.children.get(name)  # re-read: the probe awaited
@@ -154,6 +153,18 @@ class Filesystem:
             return None
         return self.ns.attach(parent, name, entry)
 
+    async def _entry(self, parent: Node, name: str, rel: str, recheck: bool) -> Entry | None:
+        """What the parent's listing says of `name`, or a probe when it has none fresh."""
+        if not recheck:
+            if not self.ns.listing_fresh(parent) and self.ns.creating_in(parent):
+                listing = await self._fetch_small_listing(parent)
+                if listing is not None:
+                    parent.listing = listing
+            if self.ns.listing_fresh(parent):
+                assert parent.listing is not None
+                return parent.listing.entries.get(name)
+        return await self._probe(self.ns.prefix + rel)
+
     async def _probe(self, key: str) -> Entry | None:
         """Is `key` a file, a directory (some key under `key/`), or nothing? One LIST, usually.
 
@@ -162,6 +173,10 @@ class Filesystem:
         `key` with a character sorting before "/" can push that prefix to a later page.
         A directory wins over a file of the same name.
         """
+        if UPLOAD_DATA.match(key[len(self.ns.prefix) :]):
+            pending = await self._pending_entry(key)  # first: as the S3 driver, 2 requests
+            if pending is not None:
+                return pending
         file_entry: Entry | None = None
         token: str | None = None
         while True:
@@ -175,6 +190,26 @@ class Filesystem:
             if page.next_token is None or last > key + "/":
                 return file_entry
             token = page.next_token
+
+    async def _pending_entry(self, key: str) -> Entry | None:
+        """A registry upload in flight: the newest multipart upload kept open under `key`."""
+        uploads = [u for u in await self.store.list_uploads(key) if u.key == key]
+        if not uploads:
+            return None
+        upload = max(uploads, key=lambda u: u.initiated)
+        parts = sorted(await self.store.list_parts(key, upload.upload_id))
+        pending = Pending(
+            upload.upload_id, [etag for _, _, etag in parts], [size for _, size, _ in parts]
+        )
+        if [number for number, _, _ in parts] != list(range(1, len(parts) + 1)):
+            log.warning(
+                "%s: the parts of upload %s are not 1..%d; the upload is not used",
+                key,
+                upload.upload_id,
+                len(parts),
+            )
+            return None
+        return Entry(False, pending.size, upload.initiated, "", pending)
 
     async def lookup(self, parent_ino: int, name: str) -> Attr:
         node = await self._resolve(self._dir(parent_ino), name)
@@ -257,8 +292,8 @@ class Filesystem:
         """
         now = self.ns.clock()
         root = self._scan_root(node, now)
-        if root.subtree_big_until > now:
-            return await self._fetch_listing(node)
+        if root.subtree_big_until > now or UPLOAD_DIR.match(self.ns.rel(node)):
+            return await self._fetch_listing(node)  # (an upload's data may be kept open)
         listings = await self._fetch_subtree(root)
         memory = now + BIG_DIR_MEMORY * self.ns.metadata_ttl
         if listings is None:
@@ -267,7 +302,8 @@ class Filesystem:
         root.subtree_ok_until = memory
         rel = self.ns.rel(node)
         own = listings.pop(rel, None) or Listing({}, self.ns.clock())
-        self.ns.store_prefetched(listings)
+        # an upload's directory is always listed itself: its data may be an upload kept open
+        self.ns.store_prefetched({k: v for k, v in listings.items() if not UPLOAD_DIR.match(k)})
         return own
 
     def _scan_root(self, node: Node, now: float) -> Node:
@@ -316,7 +352,12 @@ class Filesystem:
     async def _fetch_listing(self, node: Node) -> Listing:
         prefix = self.ns.dir_prefix(node)
         objects, prefixes = await self.store.list_all(prefix)
-        return self._listing_of(prefix, objects, prefixes)
+        listing = self._listing_of(prefix, objects, prefixes)
+        if UPLOAD_DIR.match(self.ns.rel(node)):  # its data may be an upload kept open
+            entry = await self._pending_entry(prefix + "data")
+            if entry is not None:
+                listing.entries["data"] = entry
+        return listing
 
     async def _fetch_small_listing(self, node: Node) -> Listing | None:
         """The directory's listing if it fits one page; None (and remembered) if it does not."""
@@ -384,8 +425,17 @@ class Filesystem:
             # a stale dentry of the kernel's: ESTALE makes it look the name up again
             raise FsError(errno.ESTALE, "the file was removed or replaced")
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        if writable and node.file is None and not self.ns.fresh(node):
-            await self.getattr(ino)  # an append must start from the size S3 has now
+        if (
+            writable
+            and node.file is None
+            and node.parent is not None
+            and (not self.ns.fresh(node) or self._keeps_open(node))
+        ):
+            # an append must start from the size S3 has now; an upload's data may have grown
+            # on another replica moments ago, so it is always asked (as the S3 driver does)
+            found = await self._resolve(node.parent, node.name, recheck=self._keeps_open(node))
+            if found is not node:
+                raise FsError(errno.ESTALE, "the file was removed or replaced")
         fh = self._open_handle(node, writable)
         if writable and flags & os.O_TRUNC:
             await self.truncate(node, 0)
@@ -414,11 +464,12 @@ class Filesystem:
         if node.detached:
             raise FsError(errno.ESTALE, "file was removed while open")
         state = node.file
-        if state is not None and state.content is not None:
+        if state is not None and isinstance(state.content, SpoolSession):
             async with state.lock:
                 if isinstance(state.content, SpoolSession):
                     return await state.content.read(offset, size)
-                await self._commit_locked(node, state)  # read what was written, from S3
+        if (state is not None and state.content is not None) or node.pending is not None:
+            await self._settle(node)  # read what was written, from S3
         key = self.ns.key(node)
         reader = handle.reader
         if reader is None or reader.key != key or reader.size != node.size:
@@ -445,6 +496,14 @@ class Filesystem:
     async def _content_for(self, node: Node, state: FileState, offset: int) -> Content:
         """The session that can take a write at `offset`: stream if possible, else spool."""
         content = state.content
+        if content is None and node.pending is not None:
+            if node.pending.sizes and node.pending.sizes[-1] < MIN_PART:
+                # only the last part may be smaller than 5 MiB: complete, then append by
+                # copying the object server-side, as the registry's S3 driver does
+                await self._complete_pending(node)
+            else:
+                content = WriteSession(self.writes, self.ns.key(node), None, pending=node.pending)
+                state.content = content
         if content is None:
             content = state.content = WriteSession(self.writes, self.ns.key(node), self._base(node))
         if isinstance(content, WriteSession) and offset > content.size:
@@ -465,6 +524,8 @@ class Filesystem:
         if content is not None and data is None:
             await self._commit_locked(node, state)  # parts are in S3: finish, then fetch back
             content = None
+        if content is None and node.pending is not None:
+            await self._complete_pending(node)
         key = self.ns.key(node)
         base = None if content is not None else self._base(node)
         spool = await SpoolSession.create(self.writes, key, data, base)
@@ -502,6 +563,7 @@ class Filesystem:
         if size == 0:
             if content is not None:
                 _discard(content)
+            self._drop_pending(node)
             same_skippable = DETERMINISTIC_PATH.match(self.ns.rel(node)) is not None
             recent = same_skippable and node.stored_here and self.ns.confirmed_recently(node)
             stored = node.etag if recent else ""
@@ -513,6 +575,18 @@ class Filesystem:
             await spool.truncate(size)
         node.size, node.mtime = size, time.time()
 
+    def _drop_pending(self, node: Node) -> None:
+        """Abort an upload kept open whose content is being thrown away."""
+        pending, node.pending = node.pending, None
+        if pending is not None:
+            self.writes.spawn(self._abort, self.ns.key(node), pending.upload_id)
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.store.abort_multipart(key, upload_id)
+        except Exception as exc:  # the janitor catches what is left
+            log.warning("could not abort the multipart upload of %s: %s", key, exc)
+
     async def _commit_locked(self, node: Node, state: FileState) -> None:
         """Upload the pending change of `node`, if any, and record the result."""
         content = state.content
@@ -523,16 +597,64 @@ class Filesystem:
             state.content = None
             return
         try:
-            committed = await content.commit()
+            if isinstance(content, WriteSession):
+                committed = await content.commit(keep_open=self._keeps_open(node))
+            else:
+                committed = await content.commit()
         except BaseException as exc:
             state.error = exc
             if isinstance(content, WriteSession):
                 content.abort()  # no multipart upload is left behind, whatever failed
                 state.content = None
+                if node.pending is not None:  # what was kept open earlier is still there
+                    node.size = node.pending.size
             raise
         if isinstance(content, WriteSession):
             state.content = None
-        self._note_committed(node, committed.size, committed.etag)
+        if committed.pending is not None:
+            self._note_pending(node, committed.size, committed.pending)
+        else:
+            self._note_committed(node, committed.size, committed.etag)
+
+    def _keeps_open(self, node: Node) -> bool:
+        """Registry uploads in flight stay pending multipart uploads, as with the registry's
+        own S3 driver: each PATCH adds parts, none copies what earlier ones sent."""
+        return UPLOAD_DATA.match(self.ns.rel(node)) is not None
+
+    def _note_pending(self, node: Node, size: int, pending: Pending) -> None:
+        node.pending, node.size, node.mtime = pending, size, time.time()
+        node.local, node.checked = False, self.ns.clock()
+        if node.parent is not None:
+            self.ns.note_entry(node.parent, node.name, Entry(False, size, node.mtime, "", pending))
+
+    async def _complete_pending(self, node: Node) -> None:
+        """Turn a multipart upload kept open into the object (rename, read, rewrite)."""
+        pending, key = node.pending, self.ns.key(node)
+        assert pending is not None
+        etags = pending.etags
+        if not etags:  # CompleteMultipartUpload needs a part: an empty one makes an empty file
+            etags = [await self.store.upload_part(key, pending.upload_id, 1, b"")]
+        etag = await self.store.complete_multipart(key, pending.upload_id, etags)
+        node.pending = None
+        self._note_committed(node, pending.size, etag)
+
+    async def _settle(self, node: Node) -> None:
+        """Make `node` one complete object in S3: commit pending writes, complete an upload
+        kept open. Under the file's lock, which is made for the occasion if needed."""
+        state = node.file
+        transient = state is None
+        if state is None:
+            state = node.file = FileState()
+        try:
+            async with state.lock:
+                if state.error is not None:
+                    raise state.error
+                await self._commit_locked(node, state)
+                if node.pending is not None:
+                    await self._complete_pending(node)
+        finally:
+            if transient and node.file is state and state.content is None:
+                node.file = None
 
     def _note_committed(self, node: Node, size: int, etag: str) -> None:
         node.size, node.etag, node.mtime = size, etag, time.time()
@@ -631,7 +753,9 @@ class Filesystem:
         if state is not None and state.content is not None:
             _discard(state.content)
             state.content = None
-        if node.in_s3 or not node.local:
+        had_pending = node.pending is not None
+        self._drop_pending(node)
+        if node.in_s3 or not node.local or had_pending:
             await self.store.delete(self.ns.key(node))
         if parent.children.get(node.name) is node:
             self.ns.forget_entry(parent, node.name)
@@ -665,6 +789,8 @@ class Filesystem:
     async def _rename_file(self, src: Node, new_parent: Node, new_name: str) -> None:
         state = src.file
         if state is None:
+            if src.pending is not None:
+                await self._settle(src)
             await self._move_file(src, new_parent, new_name)
             return
         async with state.lock:
@@ -676,6 +802,8 @@ class Filesystem:
                 await self._commit_renamed(src, state, content, new_parent, new_name)
                 return
             await self._commit_locked(src, state)
+            if src.pending is not None:
+                await self._complete_pending(src)
             await self._move_file(src, new_parent, new_name)
             if isinstance(state.content, SpoolSession):
                 state.content.key = self.ns.key(src)

@@ -30,6 +30,7 @@ import trio
 
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
 from s3fs_registry.errors import NoSpaceError, PreconditionError, S3fsError, TooLargeError
+from s3fs_registry.namespace import Pending
 from s3fs_registry.store import MAX_PART, MAX_PARTS, MIN_PART, Store
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,11 @@ _PLAIN_ETAG = re.compile(r"[0-9a-f]{32}")
 
 @dataclass(frozen=True)
 class Committed:
-    """What a commit left in S3."""
+    """What a commit left in S3: an object, or a multipart upload kept open (`pending`)."""
 
     size: int
     etag: str
+    pending: Pending | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,12 @@ class WriteSession:
     """Streaming multipart upload of a file's new content (see module docstring)."""
 
     def __init__(
-        self, ctx: WriteContext, key: str, base: Base | None, unchanged_etag: str = ""
+        self,
+        ctx: WriteContext,
+        key: str,
+        base: Base | None,
+        unchanged_etag: str = "",
+        pending: Pending | None = None,
     ) -> None:
         self._ctx = ctx
         self.key = key
@@ -126,12 +133,20 @@ class WriteSession:
         self._unchanged_etag = unchanged_etag
         self.size = self._base.size if self._base else 0
         self._buf = bytearray()
-        self._buf_start = self.size  # logical offset of _buf[0]
         self._held = 0
         self._pool: Pool | None = None
         self._upload_id: str | None = None
+        self._owns_upload = True  # False while appending to an upload kept open earlier
         self._etags: dict[int, str] = {}
+        self._sizes: dict[int, int] = {}
         self._next_part = 1
+        if pending is not None:  # append to an upload kept open: its parts stay as they are
+            self._upload_id, self._owns_upload = pending.upload_id, False
+            self._etags = dict(enumerate(pending.etags, start=1))
+            self._sizes = dict(enumerate(pending.sizes, start=1))
+            self._next_part = len(pending.etags) + 1
+            self.size = pending.size
+        self._buf_start = self.size  # logical offset of _buf[0]
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -182,12 +197,18 @@ class WriteSession:
         self.key = key
         return True
 
-    async def commit(self) -> Committed:
-        """Make the content one complete object at `self.key`; raise (and abort) on failure."""
+    async def commit(self, keep_open: bool = False) -> Committed:
+        """Make the content one complete object at `self.key`; raise (and abort) on failure.
+
+        With `keep_open` the content is made durable as the parts of a multipart upload that
+        stays open (`Committed.pending`), as the registry's S3 driver keeps uploads in flight.
+        """
         try:
             if self.error is not None:
                 raise self.error  # a background part failed: abort below, then report it
             await self._take_base()
+            if keep_open:
+                return Committed(self.size, "", await self._persist())
             if self._upload_id is None and self._same_as_stored():
                 etag = self._unchanged_etag
             elif self._upload_id is None:
@@ -278,6 +299,7 @@ class WriteSession:
     async def _start_upload(self) -> None:
         if self._upload_id is None:
             self._upload_id = await self._ctx.store.create_multipart(self.key)
+            self._owns_upload = True
 
     def _claim_part(self) -> int:
         number = self._next_part
@@ -310,6 +332,7 @@ class WriteSession:
                 self._etags[number] = await self._ctx.store.upload_part(
                     self.key, self._upload_id, number, body
                 )
+                self._sizes[number] = len(body)
         finally:
             pool.give(held)
 
@@ -320,25 +343,42 @@ class WriteSession:
                 self._etags[number] = await self._ctx.store.upload_part_copy(
                     self.key, self._upload_id, number, base.key, first, last, if_match=base.etag
                 )
+                self._sizes[number] = last - first + 1
 
     async def _complete(self) -> str:
         assert self._upload_id is not None
-        if self._buf or self._next_part == 1:
+        etags = await self._upload_tail(always=True)
+        return await self._ctx.store.complete_multipart(self.key, self._upload_id, etags)
+
+    async def _persist(self) -> Pending:
+        """Upload what is buffered as a part and keep the multipart upload open."""
+        await self._start_upload()
+        assert self._upload_id is not None
+        etags = await self._upload_tail(always=False)
+        sizes = [self._sizes[n] for n in range(1, self._next_part)]
+        return Pending(self._upload_id, etags, sizes)
+
+    async def _upload_tail(self, always: bool) -> list[str]:
+        """Send the buffered bytes as the next part and wait for every part in flight."""
+        assert self._upload_id is not None
+        if self._buf or (always and self._next_part == 1):
             number = self._claim_part()
             self._etags[number] = await self._ctx.store.upload_part(
                 self.key, self._upload_id, number, self._buf
             )
+            self._sizes[number] = len(self._buf)
         await self._idle.wait()
         if self.error is not None:
             raise self.error
-        etags = [self._etags[n] for n in range(1, self._next_part)]
-        return await self._ctx.store.complete_multipart(self.key, self._upload_id, etags)
+        return [self._etags[n] for n in range(1, self._next_part)]
 
     def _fail(self, exc: BaseException) -> None:
+        """Record the failure; abort the upload if this session started it. An upload kept
+        open earlier holds durable content of its own and stays as it was."""
         if self.error is None:
             self.error = exc
         upload_id, self._upload_id = self._upload_id, None
-        if upload_id is not None:
+        if upload_id is not None and self._owns_upload:
             self._ctx.spawn(self._abort_when_idle, upload_id)
 
     async def _abort_when_idle(self, upload_id: str) -> None:

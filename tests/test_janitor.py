@@ -69,3 +69,17 @@ def test_mount_runs_the_janitor(s3: S3Server, mount_factory: MountFactory) -> No
     time.sleep(1.5)
     assert [u["Key"] for u in s3.uploads(bucket)] == ["elsewhere/stale"]
     assert "janitor:" not in disabled.log()
+
+
+async def test_registry_uploads_in_flight_are_left_to_the_registry(moto: S3Server) -> None:
+    """An upload's `data` kept open belongs to the registry while its `startedat` exists (the
+    registry purges it); without `startedat` it is an orphan and is aborted."""
+    bucket = moto.new_bucket()
+    client = moto.client()
+    uploads = "reg/docker/registry/v2/repositories/lib/app/_uploads"
+    client.put_object(Bucket=bucket, Key=f"{uploads}/live/startedat", Body=b"2026-11-26T00:00:00Z")
+    for key in [f"{uploads}/live/data", f"{uploads}/orphan/data", "reg/plain"]:
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+    janitor = Janitor(make_store(moto, bucket), "reg/", age=0.0, interval=3600)
+    assert await janitor.sweep() == 2
+    assert [u["Key"] for u in moto.uploads(bucket)] == [f"{uploads}/live/data"]

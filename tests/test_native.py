@@ -4,6 +4,7 @@ object headers; and each registry reads what the other wrote."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,40 @@ def test_each_registry_reads_what_the_other_wrote(
         pull(native.url, "from/mount:1", tmp_path / "b")
         assert layer in pulled_blobs(tmp_path / "b").values()
         assert "from/mount" in native.client.catalog()
+
+
+@pytest.mark.parametrize("first", ["native", "mount"])
+def test_uploads_in_flight_cross_over(
+    s3: S3Server, mount_factory: MountFactory, tmp_path: Path, first: str
+) -> None:
+    """An upload in flight is a pending multipart upload under both drivers, so a chunked
+    upload started by one registry continues and completes through the other."""
+    import hashlib
+    import os
+
+    bucket = s3.new_bucket()
+    mount = mount_factory(s3, bucket, s3={"rootdirectory": "/shared", "chunksize": CHUNK})
+    data = os.urandom(3 * CHUNK + 123)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with (
+        native_registry(s3, bucket, "/shared", tmp_path / "native") as native,
+        Registry(mount.path, workdir=tmp_path / "onmount") as onmount,
+    ):
+        one, two = (native, onmount) if first == "native" else (onmount, native)
+
+        def moved(location: str, src: Registry, dst: Registry) -> str:
+            return location.replace(src.netloc, dst.netloc)
+
+        location = one.client.start_upload("cross/repo")
+        location = one.client.upload_chunk(location, data[: CHUNK + 7], 0)
+        location = two.client.upload_chunk(
+            moved(location, one, two), data[CHUNK + 7 : 2 * CHUNK + 9], CHUNK + 7
+        )
+        location = one.client.upload_chunk(
+            moved(location, two, one), data[2 * CHUNK + 9 :], 2 * CHUNK + 9
+        )
+        two.client.complete_upload(moved(location, one, two), digest)
+        time.sleep(1.5)  # what the other replica did shows within metadata_ttl (1 s)
+        assert one.client.get_blob("cross/repo", digest) == data
+        assert two.client.get_blob("cross/repo", digest) == data
+    assert [u for u in s3.uploads(bucket) if "/_uploads/" in u["Key"]] == []

@@ -39,7 +39,9 @@ async def test_every_operation(s3: S3Server, v4auth: bool) -> None:
     upload = await store.create_multipart("reg/mp")
     etag1 = await store.upload_part("reg/mp", upload, 1, os.urandom(5 * MiB))
     etag2 = await store.upload_part_copy("reg/mp", upload, 2, "reg/a/two", 0, 1)
-    assert await store.list_parts("reg/mp", upload) == [1, 2]
+    parts = await store.list_parts("reg/mp", upload)
+    assert [(number, size) for number, size, _ in parts] == [(1, 5 * MiB), (2, 2)]
+    assert [etag for _, _, etag in parts] == [etag1, etag2]
     assert [u.key for u in await store.list_uploads("reg/")] == ["reg/mp"]
     await store.complete_multipart("reg/mp", upload, [etag1, etag2])
     assert (await store.head("reg/mp")).size == 5 * MiB + 2
