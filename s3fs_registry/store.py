@@ -157,6 +157,11 @@ class GetResult:
     etag: str
 
 
+def _bad_get(key: str, message: str, code: str) -> IntegrityError:
+    """A GET answer that must not reach a reader (the retry policy may try again)."""
+    return IntegrityError(message, code=code, operation="GetObject", key=key)
+
+
 def quoted(etag: str) -> str:
     """An ETag in the quoted form S3 mostly uses (RGW leaves copy results bare), so that
     ETags from different calls compare equal."""
@@ -549,12 +554,11 @@ class Store:
             raise translate_error(raw, "GetObject", stream.key) from raw
         expected = min(size, stream.total_size - stream.position)
         if len(data) != expected:  # a body cut short is not the end of the object
-            raise IntegrityError(
+            raise _bad_get(
+                stream.key,
                 f"GetObject {stream.key}: {len(data)} bytes at {stream.position}, expected "
                 f"{expected} of {stream.total_size}",
-                code="ShortBody",
-                operation="GetObject",
-                key=stream.key,
+                "ShortBody",
             )
         stream.position += len(data)
         return data
@@ -801,21 +805,19 @@ def _checked_stream(key: str, resp: dict[str, Any], start: int) -> int:
     if status == 200 and start == 0 and match is None:
         return length  # the server ignored the range and sends everything
     if status != 206 or match is None or int(match[1]) != start:
-        raise IntegrityError(
+        raise _bad_get(
+            key,
             f"GetObject {key}: status {status}, Content-Range {resp.get('ContentRange')!r} "
             f"for bytes={start}-",
-            code="BadRange",
-            operation="GetObject",
-            key=key,
+            "BadRange",
         )
     total = int(match[3]) if match[3] != "*" else int(match[2]) + 1
     if int(match[2]) != total - 1 or length != total - start:
-        raise IntegrityError(
+        raise _bad_get(
+            key,
             f"GetObject {key}: bytes {match[1]}-{match[2]}/{match[3]} with "
             f"Content-Length {length} for bytes={start}-",
-            code="BadRange",
-            operation="GetObject",
-            key=key,
+            "BadRange",
         )
     return total
 
@@ -828,40 +830,28 @@ def _checked_get(
     length = int(resp.get("ContentLength", len(data)))
     etag = str(resp.get("ETag", ""))
     if len(data) != length:
-        raise IntegrityError(
-            f"GetObject {key}: body of {len(data)} bytes, Content-Length {length}",
-            code="ShortBody",
-            operation="GetObject",
-            key=key,
+        raise _bad_get(
+            key, f"GetObject {key}: body of {len(data)} bytes, Content-Length {length}", "ShortBody"
         )
     if start is None:
         if status != 200:
-            raise IntegrityError(
-                f"GetObject {key}: status {status}",
-                code="BadStatus",
-                operation="GetObject",
-                key=key,
-            )
+            raise _bad_get(key, f"GetObject {key}: status {status}", "BadStatus")
         return GetResult(data, length, etag)
     match = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange", "")))
     if status == 200 and match is None and start == 0:
         return GetResult(data, length, etag)  # server ignored the range but sent it all
     if status != 206 or match is None:
-        raise IntegrityError(
+        raise _bad_get(
+            key,
             f"GetObject {key}: status {status}, Content-Range "
             f"{resp.get('ContentRange')!r} for a range request",
-            code="BadRange",
-            operation="GetObject",
-            key=key,
+            "BadRange",
         )
     first, last, total = int(match[1]), int(match[2]), match[3]
     want_last = last if end is None else end
     size = int(total) if total != "*" else last + 1
     if first != start or (last != want_last and last != size - 1) or last - first + 1 != len(data):
-        raise IntegrityError(
-            f"GetObject {key}: asked bytes {start}-{end}, got {first}-{last}",
-            code="BadRange",
-            operation="GetObject",
-            key=key,
+        raise _bad_get(
+            key, f"GetObject {key}: asked bytes {start}-{end}, got {first}-{last}", "BadRange"
         )
     return GetResult(data, size, etag)
