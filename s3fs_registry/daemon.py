@@ -31,7 +31,7 @@ from s3fs_registry.errors import (
 )
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
-from s3fs_registry.reader import BlobSource, ReadContext
+from s3fs_registry.reader import BlobSource, LinkCache, ReadContext
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
 from s3fs_registry.writer import WriteContext
@@ -192,6 +192,7 @@ async def _serve(
             mount.small_file_size,
             mount.read_ahead,
             blobs,
+            LinkCache(config.s3.key_prefix()),
             feeds=trio.CapacityLimiter(store.read_slots),
         )
         fs = Filesystem(config, store, writes, reads)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server, expect_errno, write_file
+from tests.mounts import Mount, S3Server, expect_errno, wait_until, write_file
 from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
@@ -192,6 +192,25 @@ def test_small_files_cost_one_get(pm: Mount, proxy: S3Proxy) -> None:
     proxy.reset_counts()
     assert (pm.path / "link").read_bytes() == b"sha256:" + b"a" * 64
     assert proxy.count(method="GET", path_contains="/link") == 1
+
+
+def test_digest_links_are_read_from_s3_once(pm: Mount, proxy: S3Proxy, s3: S3Server) -> None:
+    """A link named by a digest holds that digest: read again, it costs no GET. Other
+    small files, and a link whose ETag changed, are fetched again."""
+    digest = b"sha256:" + b"b" * 64
+    layer = "docker/registry/v2/repositories/r/_layers/sha256/" + "b" * 64 + "/link"
+    tag = "docker/registry/v2/repositories/r/_manifests/tags/t/current/link"
+    for rel in (layer, tag):
+        (pm.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_file(pm.path / rel, digest)
+    proxy.reset_counts()
+    for _ in range(3):
+        assert (pm.path / layer).read_bytes() == digest
+        assert (pm.path / tag).read_bytes() == digest
+    assert proxy.count(method="GET", path_contains="/_layers/") == 1
+    assert proxy.count(method="GET", path_contains="/current/link") == 3
+    s3.put(pm.bucket, pm.prefix + layer, b"sha256:" + b"c" * 64)  # by hand, behind the mount
+    assert wait_until(lambda: (pm.path / layer).read_bytes() == b"sha256:" + b"c" * 64, 10)
 
 
 def test_rewrite_with_the_same_bytes_needs_no_request(pm: Mount, proxy: S3Proxy) -> None:

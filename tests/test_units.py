@@ -252,3 +252,24 @@ def test_redaction() -> None:
     message = record.getMessage()
     assert "topsecret" not in message and "abc~_-" not in message
     assert "Key-Pair-Id=K" in message and "Signature=REDACTED" in message
+
+
+def test_link_cache_keeps_only_digest_links_by_etag() -> None:
+    from s3fs_registry.reader import LinkCache
+
+    cache = LinkCache("root/", entries=2)
+    repo = "root/docker/registry/v2/repositories/a/b"
+    layer, rev = f"{repo}/_layers/sha256/ab/link", f"{repo}/_manifests/revisions/sha256/cd/link"
+    index = f"{repo}/_manifests/tags/v1/index/sha256/ef/link"
+    assert cache.holds(layer) and cache.holds(rev) and cache.holds(index)
+    for other in (f"{repo}/_manifests/tags/v1/current/link", f"{repo}/_uploads/u/startedat"):
+        assert not cache.holds(other)
+        cache.put(other, '"e"', b"x")
+        assert cache.get(other, '"e"', 1) is None
+    cache.put(layer, '"e1"', b"sha256:ab")
+    assert cache.get(layer, '"e1"', 9) == b"sha256:ab"
+    assert cache.get(layer, '"e2"', 9) is None and cache.get(layer, "", 9) is None
+    assert cache.get(layer, '"e1"', 10) is None
+    cache.put(rev, '"e3"', b"r")
+    cache.put(index, '"e4"', b"i")  # over 2 entries: the least recently used goes
+    assert cache.get(layer, '"e1"', 9) is None and cache.get(index, '"e4"', 1) == b"i"
