@@ -197,7 +197,7 @@ class Mounter:
                 tail = log_path.read_text(errors="replace")
                 raise BenchError(f"{system} did not mount: {last_line(tail)}")
             time.sleep(0.05)
-        return Mounted(system, path, proc.pid, lambda: _unmount(path, proc), settle)
+        return Mounted(system, path, proc.pid, lambda: _stop(path, proc, workdir), settle)
 
 
 def _rclone_settle(rc_addr: str, timeout: float) -> None:
@@ -226,6 +226,14 @@ def _clean_env() -> dict[str, str]:
     ``AWS_ACCESS_KEY_ID`` to its password file.
     """
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+
+
+def _stop(path: Path, proc: subprocess.Popen[bytes], workdir: Path) -> int:
+    """Unmount, then drop rclone's cache: 8 GiB a run of workload 12, which filled the disk
+    of a 3-run benchmark when kept."""
+    code = _unmount(path, proc)
+    shutil.rmtree(workdir / "rclone-cache", ignore_errors=True)
+    return code
 
 
 def _unmount(path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int:
