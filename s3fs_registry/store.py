@@ -493,17 +493,10 @@ class Store:
         """
 
         def work() -> GetResult:
-            kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
-            if start is not None:
-                kwargs["Range"] = f"bytes={start}-{'' if end is None else end}"
-            if if_match:
-                kwargs["IfMatch"] = if_match
-            try:
-                resp = self._client.get_object(**kwargs)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return GetResult(b"", -1, "")
-                raise
+            wanted = None if start is None else f"bytes={start}-{'' if end is None else end}"
+            resp = self._get_object(key, wanted, if_match)
+            if resp is None:
+                return GetResult(b"", -1, "")
             data = resp["Body"].read()
             return _checked_get(key, resp, data, start, end)
 
@@ -517,19 +510,9 @@ class Store:
         """
 
         def work() -> Stream | None:
-            kwargs: dict[str, Any] = {
-                "Bucket": self._bucket,
-                "Key": key,
-                "Range": f"bytes={start}-",
-            }
-            if if_match:
-                kwargs["IfMatch"] = if_match
-            try:
-                resp = self._client.get_object(**kwargs)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return None
-                raise
+            resp = self._get_object(key, f"bytes={start}-", if_match)
+            if resp is None:
+                return None
             try:
                 total = _checked_stream(key, resp, start)
             except IntegrityError:
@@ -538,6 +521,22 @@ class Store:
             return Stream(key, resp["Body"], start, total, str(resp.get("ETag", "")))
 
         return await self._call("GetObject", key, work)
+
+    def _get_object(self, key: str, wanted: str | None, if_match: str) -> dict[str, Any] | None:
+        """GetObject (in a worker thread); None when the range starts past the end, which
+        S3 answers with 416 InvalidRange."""
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
+        if wanted is not None:
+            kwargs["Range"] = wanted
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            resp: dict[str, Any] = self._client.get_object(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return None
+            raise
+        return resp
 
     async def read_stream(self, stream: Stream, size: int) -> bytes:
         """The next `size` bytes of `stream` (fewer only at the end of the object)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -309,3 +310,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return False
         time.sleep(interval)
     return True
+
+
+def check_random_preads(
+    fd: int, data: bytes, rng: random.Random, max_length: int, label: str, times: int = 3
+) -> None:
+    """`times` preads at random offsets of an open file must return exactly `data`'s bytes."""
+    for _ in range(times):
+        offset = rng.randrange(len(data))
+        length = rng.randint(1, max_length)
+        got = os.pread(fd, length, offset)
+        assert got == data[offset : offset + length], f"{label}@{offset}+{length}"
+
+
+def object_grants(client: Any, bucket: str, key: str) -> set[tuple[str, str]]:
+    """The object's ACL as (grantee, permission) pairs; the owner's grantee is "owner"."""
+    acl = client.get_object_acl(Bucket=bucket, Key=key)
+    out = set()
+    for grant in acl["Grants"]:
+        who = grant["Grantee"].get("URI", "").rsplit("/", 1)[-1] or "owner"
+        out.add((who, grant["Permission"]))
+    return out

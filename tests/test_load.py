@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server, expect_errno, wait_until, write_file
+from tests.mounts import (
+    Mount,
+    S3Server,
+    check_random_preads,
+    expect_errno,
+    wait_until,
+    write_file,
+)
 from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
@@ -343,11 +350,7 @@ def test_32_writers_and_100_readers_stay_within_the_memory_budget(
                     if n % 2:
                         got = b"".join(iter(lambda: os.read(fd, 256 * 1024), b""))
                         assert got == data, f"reader {n}: wrong bytes of {name}"
-                    for _ in range(3):
-                        offset = rng.randrange(len(data))
-                        length = rng.randint(1, 2 * MiB)
-                        got = os.pread(fd, length, offset)
-                        assert got == data[offset : offset + length], f"reader {n}: {name}"
+                    check_random_preads(fd, data, rng, 2 * MiB, f"reader {n}: {name}")
                 finally:
                     os.close(fd)
             except BaseException as exc:

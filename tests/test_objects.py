@@ -11,19 +11,13 @@ import shutil
 from typing import Any
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server
+from tests.mounts import Mount, S3Server, object_grants
 
 MiB = 1024 * 1024
 
 
 def grants(mount: Mount, rel: str) -> set[tuple[str, str]]:
-    acl = mount.server.client().get_object_acl(Bucket=mount.bucket, Key=mount.prefix + rel)
-    out = set()
-    for grant in acl["Grants"]:
-        grantee = grant["Grantee"]
-        who = grantee.get("URI", "").rsplit("/", 1)[-1] or "owner"
-        out.add((who, grant["Permission"]))
-    return out
+    return object_grants(mount.server.client(), mount.bucket, mount.prefix + rel)
 
 
 def check_headers(

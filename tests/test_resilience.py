@@ -38,7 +38,15 @@ import botocore.exceptions
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounts import Mount, S3Server, expect_errno, read_all, wait_until, write_file
+from tests.mounts import (
+    Mount,
+    S3Server,
+    check_random_preads,
+    expect_errno,
+    read_all,
+    wait_until,
+    write_file,
+)
 from tests.registry import (
     ImageInfo,
     Registry,
@@ -603,11 +611,7 @@ def _read_back(mount: Mount, item: Written) -> str:
             rng = random.Random(item.seed + 1)
             fd = os.open(path, os.O_RDONLY)
             try:
-                for _ in range(3):
-                    offset = rng.randrange(item.size)
-                    length = rng.randint(1, 9 * MiB)
-                    got = os.pread(fd, length, offset)
-                    assert got == data[offset : offset + length], f"{item.name}@{offset}"
+                check_random_preads(fd, data, rng, 9 * MiB, item.name)
             finally:
                 os.close(fd)
     except OSError as exc:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import botocore.exceptions
 import pytest
@@ -36,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.cloudfront_standin import CloudFrontStandIn, make_self_signed_cert
 from tests.conftest import MountFactory
-from tests.mounts import REPO, Mount, S3Server, expect_errno, s3_config
+from tests.mounts import REPO, Mount, S3Server, expect_errno, object_grants, s3_config
 from tests.s3proxy import S3Proxy
+from tests.test_cli import run
 from tests.test_resilience import TamperProxy
 
 MiB = 1024 * 1024
@@ -47,17 +46,7 @@ V2 = "docker/registry/v2"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "s3fs_registry", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    return run(*args, env=env, timeout=120)
 
 
 def proc_mount_options(path: Path) -> set[str]:
@@ -514,16 +503,6 @@ def test_allow_other_is_off_by_default_and_default_permissions_stays_on(
 # -- the configured ACL --------------------------------------------------------------------------
 
 
-def grants(client: Any, bucket: str, key: str) -> set[tuple[str, str]]:
-    acl = client.get_object_acl(Bucket=bucket, Key=key)
-    out = set()
-    for grant in acl["Grants"]:
-        grantee = grant["Grantee"]
-        who = grantee.get("URI", "").rsplit("/", 1)[-1] or "owner"
-        out.add((who, grant["Permission"]))
-    return out
-
-
 def anonymous_get(s3: S3Server, bucket: str, key: str) -> int:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -557,7 +536,7 @@ def test_objects_carry_the_configured_acl(
     client = s3.client()
     for rel in ("put", "multipart", "renamed", "appended", "spooled"):
         key = m.prefix + rel
-        got = grants(client, m.bucket, key)
+        got = object_grants(client, m.bucket, key)
         if acl == "public-read":
             assert ("AllUsers", "READ") in got, (rel, got)
             assert anonymous_get(s3, m.bucket, key) == 200, rel
