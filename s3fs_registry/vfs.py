@@ -63,8 +63,9 @@ class Attr:
 class FileState:
     """Write state of a file while it has writable handles (or an uncommitted change)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stored_size: int = 0) -> None:
         self.content: Content | None = None
+        self.stored_size = stored_size  # the size S3 holds: what a failed commit leaves
         self.writers = 0
         self.error: BaseException | None = None  # sticky until the last writer closes
         self.lock = trio.Lock()
@@ -425,15 +426,16 @@ class Filesystem:
             # a stale dentry of the kernel's: ESTALE makes it look the name up again
             raise FsError(errno.ESTALE, "the file was removed or replaced")
         writable = flags & os.O_ACCMODE != os.O_RDONLY
+        # an append must start from the size S3 has now; an upload's data may have grown on
+        # another replica moments ago, so it is always asked (as the S3 driver does)
+        recheck = self._keeps_open(node)
         if (
             writable
             and node.file is None
             and node.parent is not None
-            and (not self.ns.fresh(node) or self._keeps_open(node))
+            and (recheck or not self.ns.fresh(node))
         ):
-            # an append must start from the size S3 has now; an upload's data may have grown
-            # on another replica moments ago, so it is always asked (as the S3 driver does)
-            found = await self._resolve(node.parent, node.name, recheck=self._keeps_open(node))
+            found = await self._resolve(node.parent, node.name, recheck=recheck)
             if found is not node:
                 raise FsError(errno.ESTALE, "the file was removed or replaced")
         fh = self._open_handle(node, writable)
@@ -445,7 +447,7 @@ class Filesystem:
     def _open_handle(self, node: Node, writable: bool) -> int:
         if writable:
             if node.file is None:
-                node.file = FileState()
+                node.file = FileState(node.size)
             node.file.writers += 1
         node.opens += 1
         fh, self._next_fh = self._next_fh, self._next_fh + 1
@@ -545,7 +547,7 @@ class Filesystem:
         if transient and node.detached:
             raise FsError(errno.ESTALE, "the file was removed or replaced")
         if state is None:
-            state = node.file = FileState()
+            state = node.file = FileState(node.size)
         try:
             async with state.lock:
                 await self._truncate_locked(node, state, size)
@@ -606,11 +608,12 @@ class Filesystem:
             if isinstance(content, WriteSession):
                 content.abort()  # no multipart upload is left behind, whatever failed
                 state.content = None
-                if node.pending is not None:  # what was kept open earlier is still there
-                    node.size = node.pending.size
+                # what S3 still holds: the object as it was, or the upload kept open earlier
+                node.size = node.pending.size if node.pending is not None else state.stored_size
             raise
         if isinstance(content, WriteSession):
             state.content = None
+        state.stored_size = committed.size
         if committed.pending is not None:
             self._note_pending(node, committed.size, committed.pending)
         else:
@@ -644,7 +647,7 @@ class Filesystem:
         state = node.file
         transient = state is None
         if state is None:
-            state = node.file = FileState()
+            state = node.file = FileState(node.size)
         try:
             async with state.lock:
                 if state.error is not None:

@@ -46,6 +46,7 @@ def test_failed_put_is_an_error_at_close_and_keeps_the_old_object(
     write_file(pm.path / "f", b"old")
     proxy.add_fault("internal", method="PUT")
     expect_errno(errno.EIO, write_file, pm.path / "f", b"new bytes")
+    assert os.path.getsize(pm.path / "f") == 3, "the size S3 still holds"
     expect_errno(errno.EIO, write_file, pm.path / "g", b"never stored", fsync=True)
     proxy.clear_faults()
     assert pm.object("f") == b"old"
@@ -123,6 +124,47 @@ def test_complete_that_took_effect_is_recognised(pm: Mount, proxy: S3Proxy) -> N
     data = os.urandom(11 * MiB)
     write_file(pm.path / "f", data, fsync=True)
     assert pm.object("f") == data
+
+
+def test_upload_in_flight_failures_lose_nothing(pm: Mount, proxy: S3Proxy, s3: S3Server) -> None:
+    """A registry upload kept open as a multipart upload: a failed part is an error at close
+    and leaves the parts stored before; a failed completion (the registry's commit rename)
+    is an error and the upload is still there to retry; a failed abort at unlink is logged
+    (the registry's upload purging or the janitor finish it)."""
+    upload = "docker/registry/v2/repositories/r/_uploads/u"
+    data_key = pm.prefix + upload + "/data"
+    (pm.path / upload).mkdir(parents=True)
+    write_file(pm.path / upload / "startedat", b"2026-11-26T00:00:00Z")
+    first = os.urandom(5 * MiB)  # one whole part: an append adds parts to the same upload
+    write_file(pm.path / upload / "data", first)
+    assert [u["Key"] for u in s3.uploads(pm.bucket)] == [data_key]
+
+    def append() -> None:
+        with open(pm.path / upload / "data", "ab") as f:
+            f.write(b"more")
+
+    proxy.add_fault("internal", method="PUT", query=PART_QUERY)
+    expect_errno(errno.EIO, append)
+    proxy.clear_faults()
+    assert os.path.getsize(pm.path / upload / "data") == len(first)
+    assert [u["Key"] for u in s3.uploads(pm.bucket)] == [data_key], "not aborted"
+
+    blob = "docker/registry/v2/blobs/sha256/ab/ab01/data"
+    (pm.path / blob).parent.mkdir(parents=True)
+    proxy.add_fault("internal", method="POST", query="uploadId=")
+    expect_errno(errno.EIO, os.rename, pm.path / upload / "data", pm.path / blob)
+    proxy.clear_faults()
+    assert [u["Key"] for u in s3.uploads(pm.bucket)] == [data_key]
+    os.rename(pm.path / upload / "data", pm.path / blob)
+    assert pm.object(blob) == first
+    assert s3.uploads(pm.bucket) == []
+
+    write_file(pm.path / upload / "data", b"x" * 100)
+    proxy.add_fault("internal", method="DELETE", query="uploadId=")
+    os.unlink(pm.path / upload / "data")
+    assert wait_until(lambda: "could not abort the multipart upload" in pm.log(), 30)
+    proxy.clear_faults()
+    assert [u["Key"] for u in s3.uploads(pm.bucket)] == [data_key], "left for the janitor"
 
 
 def test_persistent_read_failure_is_eio_never_short_bytes(pm: Mount, proxy: S3Proxy) -> None:
