@@ -675,27 +675,25 @@ class Filesystem:
     async def flush(self, fh: int) -> None:
         """close(): a writable handle reports the upload's outcome here.
 
-        One exception: a file created here to which nothing has been written yet is left for
-        the release of its last descriptor. Shells open a redirection's target and dup2 it
-        onto stdout before anything is written, so the first close comes before the bytes;
-        committing then would store the file twice (an empty object, then the content).
+        Every close commits, even of a new file nothing was written to: the kernel sends the
+        release after close has returned, so an object stored only then would not be in S3
+        when close says it is. A shell's `> file` therefore stores an empty object before
+        the content (it closes the file once before writing to it, after dup2).
         """
         handle = self._handle(fh)
         if handle.writable:
-            await self._commit_state(handle.node, defer_untouched=True)
+            await self._commit_state(handle.node)
 
     async def fsync(self, fh: int) -> None:
         await self._commit_state(self._handle(fh).node)
 
-    async def _commit_state(self, node: Node, defer_untouched: bool = False) -> None:
+    async def _commit_state(self, node: Node) -> None:
         state = node.file
         if state is None:
             return
         async with state.lock:
             if state.error is not None:
                 raise state.error
-            if defer_untouched and _untouched_new_file(node, state):
-                return
             await self._commit_locked(node, state)
 
     async def release(self, fh: int) -> None:
@@ -945,17 +943,6 @@ def _listable(name: str) -> bool:
 
 def _has_control(name: str) -> bool:
     return any(ord(c) < 0x20 or c == "\x7f" for c in name)
-
-
-def _untouched_new_file(node: Node, state: FileState) -> bool:
-    content = state.content
-    return (
-        node.local
-        and not node.in_s3
-        and isinstance(content, WriteSession)
-        and content.size == 0
-        and state.writers > 0
-    )
 
 
 def _discard(content: Content) -> None:
