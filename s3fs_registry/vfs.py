@@ -563,9 +563,9 @@ class Filesystem:
         if size == current and content is not None:
             return
         if size == 0:
+            await self._abort_pending(node)
             if content is not None:
                 _discard(content)
-            self._drop_pending(node)
             same_skippable = DETERMINISTIC_PATH.match(self.ns.rel(node)) is not None
             recent = same_skippable and node.stored_here and self.ns.confirmed_recently(node)
             stored = node.etag if recent else ""
@@ -577,17 +577,13 @@ class Filesystem:
             await spool.truncate(size)
         node.size, node.mtime = size, time.time()
 
-    def _drop_pending(self, node: Node) -> None:
-        """Abort an upload kept open whose content is being thrown away."""
-        pending, node.pending = node.pending, None
-        if pending is not None:
-            self.writes.spawn(self._abort, self.ns.key(node), pending.upload_id)
-
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await self.store.abort_multipart(key, upload_id)
-        except Exception as exc:  # the janitor catches what is left
-            log.warning("could not abort the multipart upload of %s: %s", key, exc)
+    async def _abort_pending(self, node: Node) -> None:
+        """Abort the upload kept open whose content is being thrown away, before saying it is
+        gone: an upload left behind would be found again by the next lookup. A failure
+        raises and changes nothing."""
+        if node.pending is not None:
+            await self.store.abort_multipart(self.ns.key(node), node.pending.upload_id)
+            node.pending = None
 
     async def _commit_locked(self, node: Node, state: FileState) -> None:
         """Upload the pending change of `node`, if any, and record the result."""
@@ -652,12 +648,15 @@ class Filesystem:
             async with state.lock:
                 if state.error is not None:
                     raise state.error
-                await self._commit_locked(node, state)
-                if node.pending is not None:
-                    await self._complete_pending(node)
+                await self._settle_locked(node, state)
         finally:
             if transient and node.file is state and state.content is None:
                 node.file = None
+
+    async def _settle_locked(self, node: Node, state: FileState) -> None:
+        await self._commit_locked(node, state)
+        if node.pending is not None:
+            await self._complete_pending(node)
 
     def _note_committed(self, node: Node, size: int, etag: str) -> None:
         node.size, node.etag, node.mtime = size, etag, time.time()
@@ -750,12 +749,12 @@ class Filesystem:
             await self._unlink_locked(parent, node)
 
     async def _unlink_locked(self, parent: Node, node: Node) -> None:
+        had_pending = node.pending is not None
+        await self._abort_pending(node)
         state = node.file
         if state is not None and state.content is not None:
             _discard(state.content)
             state.content = None
-        had_pending = node.pending is not None
-        self._drop_pending(node)
         if node.in_s3 or not node.local or had_pending:
             await self.store.delete(self.ns.key(node))
         if parent.children.get(node.name) is node:
@@ -802,9 +801,7 @@ class Filesystem:
             if isinstance(content, WriteSession) and content.retarget(dst_key):
                 await self._commit_renamed(src, state, content, new_parent, new_name)
                 return
-            await self._commit_locked(src, state)
-            if src.pending is not None:
-                await self._complete_pending(src)
+            await self._settle_locked(src, state)
             await self._move_file(src, new_parent, new_name)
             if isinstance(state.content, SpoolSession):
                 state.content.key = self.ns.key(src)
