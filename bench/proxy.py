@@ -10,7 +10,7 @@ boto3 baseline.
 
 The parent drives it over stdin/stdout, one command a line, one JSON answer a line::
 
-    reset       -> {"ok": true}        forget the requests seen so far
+    reset       -> {"ok": true, "cpu_s": T}   forget the requests seen so far
     stats       -> {"requests": N, "by_method": {...}, "bytes_in": B, "bytes_out": B,
                     "serial": S, "connections": C, "cpu_s": T}
     dump PATH   -> {"ok": true}        write every request (method, path, query, status,
@@ -77,7 +77,8 @@ class _Counter:
             self.proxy.wait_idle(30.0)
             self.proxy.reset_counts()
             self.connections_at_reset = self._connections()
-            return {"ok": True}
+            times = os.times()
+            return {"ok": True, "cpu_s": times.user + times.system}
         if cmd == "stats":
             self.proxy.wait_idle(30.0)
             return self._stats(self.proxy.requests)
@@ -179,8 +180,8 @@ class ProxyProcess:
         answer: dict[str, Any] = json.loads(proc.stdout.readline())
         return answer
 
-    def reset(self) -> None:
-        self._ask("reset")
+    def reset(self) -> dict[str, Any]:
+        return self._ask("reset")
 
     def stats(self) -> dict[str, Any]:
         return self._ask("stats")
@@ -208,8 +209,8 @@ class NoProxy:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def reset(self) -> None:
-        pass
+    def reset(self) -> dict[str, Any]:
+        return {}
 
     def stats(self) -> dict[str, Any]:
         return {}
