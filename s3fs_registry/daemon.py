@@ -235,7 +235,7 @@ async def _serve_mounted(
         await pyfuse3.main()
         sd_notify("STOPPING=1")
         log.info("FUSE loop ended; committing pending uploads")
-        failures = await fs.commit_all()
+        failures = await fs.files.commit_all()
     finally:
         # a lazy unmount, also after an error: never leave a dead mount point behind
         pyfuse3.close(unmount=True)

@@ -110,12 +110,12 @@ class S3Operations(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("lookup"):
-            return self.entry(await self.fs.lookup(parent_inode, _name(name)))
+            return self.entry(await self.fs.names.lookup(parent_inode, _name(name)))
         raise AssertionError("unreachable")
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         try:
-            self.fs.forget(inode_list)
+            self.fs.names.forget(inode_list)
         except Exception:  # forget may not raise at all
             log.exception("forget failed")
 
@@ -123,7 +123,7 @@ class S3Operations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("getattr"):
-            return self.entry(await self.fs.getattr(inode))
+            return self.entry(await self.fs.names.getattr(inode))
         raise AssertionError("unreachable")
 
     async def setattr(
@@ -136,7 +136,7 @@ class S3Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("setattr"):
             node = self.fs.ns.get(inode)
-            current = self.entry(self.fs.attr(node))
+            current = self.entry(self.fs.names.attr(node))
             if (
                 (fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(current.st_mode))
                 or (fields.update_uid and attr.st_uid != self._uid)
@@ -144,9 +144,9 @@ class S3Operations(pyfuse3.Operations):
             ):
                 raise FsError(errno.EPERM, "mode and ownership are set for the whole mount")
             if fields.update_size:
-                await self.fs.truncate(node, attr.st_size)
+                await self.fs.files.truncate(node, attr.st_size)
             # atime/mtime: S3 keeps LastModified itself; accepted and ignored (touch works)
-            return self.entry(await self.fs.getattr(inode))
+            return self.entry(await self.fs.names.getattr(inode))
         raise AssertionError("unreachable")
 
     # -- directories ---------------------------------------------------------------------
@@ -159,14 +159,14 @@ class S3Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         async with fuse_errors("mkdir"):
-            return self.entry(await self.fs.mkdir(parent_inode, _name(name)))
+            return self.entry(await self.fs.names.mkdir(parent_inode, _name(name)))
         raise AssertionError("unreachable")
 
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         async with fuse_errors("rmdir"):
-            await self.fs.rmdir(parent_inode, _name(name))
+            await self.fs.names.rmdir(parent_inode, _name(name))
 
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
@@ -186,15 +186,15 @@ class S3Operations(pyfuse3.Operations):
         async with fuse_errors("readdir"):
             parent, entries = self._dirs.get(fh, (0, []))
             if entries is None:
-                entries = await self.fs.list_dir(parent)
+                entries = await self.fs.names.list_dir(parent)
                 self._dirs[fh] = (parent, entries)
             for index in range(start_id, len(entries)):
                 name, entry = entries[index]
-                node = self.fs.entry_node(parent, name, entry)
+                node = self.fs.names.entry_node(parent, name, entry)
                 if not pyfuse3.readdir_reply(
-                    token, name.encode(), self.entry(self.fs.attr(node)), index + 1
+                    token, name.encode(), self.entry(self.fs.names.attr(node)), index + 1
                 ):
-                    self.fs.forget([(node.ino, 0)])
+                    self.fs.names.forget([(node.ino, 0)])
                     return
                 self.fs.ns.remember_lookup(node)
 
@@ -215,7 +215,7 @@ class S3Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         async with fuse_errors("create"):
-            fh, attr = await self.fs.create(parent_inode, _name(name))
+            fh, attr = await self.fs.files.create(parent_inode, _name(name))
             return pyfuse3.FileInfo(fh=fh), self.entry(attr)
         raise AssertionError("unreachable")
 
@@ -230,9 +230,9 @@ class S3Operations(pyfuse3.Operations):
         async with fuse_errors("mknod"):
             if not stat.S_ISREG(mode):
                 raise FsError(errno.EPERM, "only regular files can be stored in S3")
-            fh, attr = await self.fs.create(parent_inode, _name(name))
-            await self.fs.flush(fh)
-            await self.fs.release(fh)
+            fh, attr = await self.fs.files.create(parent_inode, _name(name))
+            await self.fs.files.flush(fh)
+            await self.fs.files.release(fh)
             return self.entry(attr)
         raise AssertionError("unreachable")
 
@@ -240,38 +240,38 @@ class S3Operations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         async with fuse_errors("open"):
-            fh, keep_cache = await self.fs.open(inode, flags)
+            fh, keep_cache = await self.fs.files.open(inode, flags)
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
         raise AssertionError("unreachable")
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         async with fuse_errors("read"):
             # pyfuse3 takes any buffer (PyObject_GetBuffer): a memoryview saves a copy
-            return cast(bytes, await self.fs.read(fh, off, size))
+            return cast(bytes, await self.fs.files.read(fh, off, size))
         raise AssertionError("unreachable")
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         async with fuse_errors("write"):
-            return await self.fs.write(fh, off, buf)
+            return await self.fs.files.write(fh, off, buf)
         raise AssertionError("unreachable")
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         async with fuse_errors("flush"):
-            await self.fs.flush(fh)
+            await self.fs.files.flush(fh)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         async with fuse_errors("fsync"):
-            await self.fs.fsync(fh)
+            await self.fs.files.fsync(fh)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         async with fuse_errors("release"):
-            await self.fs.release(fh)
+            await self.fs.files.release(fh)
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         async with fuse_errors("unlink"):
-            await self.fs.unlink(parent_inode, _name(name))
+            await self.fs.moves.unlink(parent_inode, _name(name))
 
     async def rename(
         self,
@@ -285,7 +285,7 @@ class S3Operations(pyfuse3.Operations):
         async with fuse_errors("rename"):
             if flags & pyfuse3.RENAME_EXCHANGE:
                 raise FsError(errno.EINVAL, "RENAME_EXCHANGE cannot be done atomically on S3")
-            await self.fs.rename(
+            await self.fs.moves.rename(
                 parent_inode_old,
                 _name(name_old),
                 parent_inode_new,

@@ -1,0 +1,355 @@
+"""Names and directories: what S3 says about a path, turned into the namespace's beliefs.
+
+A lookup is answered from a fresh belief when there is one (a node, a directory listing,
+a negative entry), otherwise from S3: one `ListObjectsV2` with the key as prefix tells a
+file, a directory and nothing apart (`probe`); a registry upload's `data` may also be a
+multipart upload kept open (`pending_entry`). Directory listings may cover a whole subtree
+at once (`scan`), so that walks cost a few listing pages instead of one per directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from s3fs_registry.errors import FsError
+from s3fs_registry.namespace import (
+    UPLOAD_DATA,
+    UPLOAD_DIR,
+    Entry,
+    Listing,
+    Namespace,
+    Node,
+    Pending,
+)
+from s3fs_registry.store import ObjectInfo, Store, check_key
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
+SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
+FILE = Entry(False)
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Attributes of one node, with how long the kernel may cache them."""
+
+    ino: int
+    is_dir: bool
+    size: int
+    mtime: float
+    ttl: float
+
+
+class Names:
+    """Lookups, attributes and directories of the mount (see the module docstring)."""
+
+    def __init__(self, ns: Namespace, store: Store) -> None:
+        self.ns = ns
+        self.store = store
+        self.dir_mtime = time.time()
+
+    def attr(self, node: Node) -> Attr:
+        rel = self.ns.rel(node)
+        # an upload's data may grow on another replica at any moment: the kernel asks each
+        # time (lseek(SEEK_END) included), and this mount answers from what it knows
+        ttl = 0.0 if node.detached or UPLOAD_DATA.match(rel) else self.ns.ttl(rel)
+        mtime = node.mtime if not node.is_dir else self.dir_mtime
+        return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
+
+    def child_rel(self, parent: Node, name: str) -> str:
+        if not name or name in {".", ".."} or "/" in name:
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        if _has_control(name):
+            # S3 keys may hold control characters, but S3-compatible servers differ on them
+            # (moto cannot store a newline) and listings need URL encoding: refuse them all
+            raise FsError(errno.EINVAL, f"control character in name {name!r}")
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        rel = self.ns.child_rel(parent, name)
+        check_key(self.ns.prefix + rel)
+        return rel
+
+    def directory(self, ino: int) -> Node:
+        node = self.ns.get(ino)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    async def resolve(self, parent: Node, name: str, recheck: bool = False) -> Node | None:
+        """The child `name` of `parent`, from trusted beliefs or else (`recheck`: always)
+        from S3."""
+        rel = self.child_rel(parent, name)
+        node = parent.children.get(name)
+        if not recheck and node is not None and self.ns.fresh(node):
+            return node
+        if not recheck and self.ns.is_negative(rel):
+            return None
+        entry = await self._entry(parent, name, rel, recheck)
+        if entry is None:
+            self.ns.note_miss(parent)
+        node = parent.children.get(name)  # re-read: the probe awaited
+        if node is not None and (node.local or node.file is not None):
+            return node
+        if entry is None:
+            if node is not None:
+                self.ns.detach(node)
+            self.ns.set_negative(rel)
+            return None
+        return self.ns.attach(parent, name, entry)
+
+    async def _entry(self, parent: Node, name: str, rel: str, recheck: bool) -> Entry | None:
+        """What the parent's listing says of `name`, or a probe when it has none fresh."""
+        if not recheck:
+            if not self.ns.listing_fresh(parent) and self.ns.creating_in(parent):
+                listing = await self._fetch_small_listing(parent)
+                if listing is not None:
+                    parent.listing = listing
+            if self.ns.listing_fresh(parent):
+                assert parent.listing is not None
+                return parent.listing.entries.get(name)
+        return await self._probe(self.ns.prefix + rel)
+
+    async def _probe(self, key: str) -> Entry | None:
+        """Is `key` a file, a directory (some key under `key/`), or nothing? One LIST, usually.
+
+        Listing with prefix `key` and delimiter "/" returns the object `key` itself and rolls
+        everything under `key/` into one common prefix; only siblings whose names extend
+        `key` with a character sorting before "/" can push that prefix to a later page.
+        A directory wins over a file of the same name.
+        """
+        if UPLOAD_DATA.match(key[len(self.ns.prefix) :]):
+            pending = await self.pending_entry(key)  # first: as the S3 driver, 2 requests
+            if pending is not None:
+                return pending
+        file_entry: Entry | None = None
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(key, token=token)
+            for obj in page.objects:
+                if obj.key == key:
+                    file_entry = Entry(False, obj.size, obj.mtime, obj.etag)
+            if key + "/" in page.prefixes:
+                return Entry(True, 0, self.dir_mtime)
+            last = max([o.key for o in page.objects] + page.prefixes, default="")
+            if page.next_token is None or last > key + "/":
+                return file_entry
+            token = page.next_token
+
+    async def pending_entry(self, key: str) -> Entry | None:
+        """A registry upload in flight: the newest multipart upload kept open under `key`."""
+        uploads = [u for u in await self.store.list_uploads(key) if u.key == key]
+        if not uploads:
+            return None
+        upload = max(uploads, key=lambda u: u.initiated)
+        parts = sorted(await self.store.list_parts(key, upload.upload_id))
+        pending = Pending(
+            upload.upload_id, [etag for _, _, etag in parts], [size for _, size, _ in parts]
+        )
+        if [number for number, _, _ in parts] != list(range(1, len(parts) + 1)):
+            log.warning(
+                "%s: the parts of upload %s are not 1..%d; the upload is not used",
+                key,
+                upload.upload_id,
+                len(parts),
+            )
+            return None
+        return Entry(False, pending.size, upload.initiated, "", pending)
+
+    async def lookup(self, parent_ino: int, name: str) -> Attr:
+        node = await self.resolve(self.directory(parent_ino), name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        self.ns.remember_lookup(node)
+        return self.attr(node)
+
+    async def getattr(self, ino: int) -> Attr:
+        node = self.ns.get(ino)
+        if node.parent is not None and not node.detached and not self.ns.fresh(node):
+            found = await self.resolve(node.parent, node.name)
+            if found is not node:
+                raise FsError(errno.ENOENT, "gone from S3")
+        return self.attr(node)
+
+    def forget(self, pairs: Iterable[tuple[int, int]]) -> None:
+        for ino, count in pairs:
+            self.ns.forget(ino, count)
+
+    # -- directories ---------------------------------------------------------------------
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+        parent = self.directory(parent_ino)
+        if await self.resolve(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        node = self.ns.new_local(parent, name, True, self.dir_mtime)
+        self.ns.remember_lookup(node)
+        return self.attr(node)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self.directory(parent_ino)
+        known = parent.children.get(name)
+        node = await self.resolve(parent, name)
+        if node is None and known is not None and known.is_dir:
+            node = known  # emptied by its last unlink: S3 no longer shows it, the kernel does
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        await self.require_empty(node)
+        self.ns.forget_entry(parent, name)
+        self.ns.detach(node)
+
+    async def require_empty(self, node: Node) -> None:
+        """ENOTEMPTY unless `node` has no children here or in S3; deletes a `dir/` marker."""
+        if any(True for _ in self.ns.local_children(node)):
+            raise FsError(errno.ENOTEMPTY)
+        listing = node.listing
+        if self.ns.listing_fresh(node) and listing is not None:
+            if listing.entries:
+                raise FsError(errno.ENOTEMPTY)
+            if not listing.marker:
+                return  # known empty, no marker: nothing to ask S3
+        prefix = self.ns.dir_prefix(node)
+        page = await self.store.list_page(prefix, max_keys=2)
+        if page.prefixes or any(o.key != prefix for o in page.objects):
+            raise FsError(errno.ENOTEMPTY)
+        if page.objects:
+            await self.store.delete(prefix)  # a marker object written by another tool
+
+    async def list_dir(self, ino: int) -> list[tuple[str, Entry]]:
+        """A snapshot of the directory for one opendir: S3's listing merged with local state."""
+        node = self.directory(ino)
+        if not self.ns.listing_fresh(node):
+            node.listing = await self._scan(node)
+        assert node.listing is not None
+        entries = dict(node.listing.entries)
+        for name, child in self.ns.local_children(node):
+            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
+        return sorted(entries.items())
+
+    async def _scan(self, node: Node) -> Listing:
+        """The directory's listing; when everything below it (or below the ancestor last
+        found small) fits `SUBTREE_PAGES` pages, all of it is listed at once.
+
+        `ls -lR`, `find`, and the registry's catalog and garbage-collection walks then cost
+        a few listing pages instead of one ListObjectsV2 per directory; the listings of the
+        subdirectories wait in the namespace until they are visited (for `metadata_ttl`).
+        """
+        now = self.ns.clock()
+        root = self._scan_root(node, now)
+        if root.subtree_big_until > now or UPLOAD_DIR.match(self.ns.rel(node)):
+            return await self._fetch_listing(node)  # (an upload's data may be kept open)
+        listings = await self._fetch_subtree(root)
+        memory = now + BIG_DIR_MEMORY * self.ns.metadata_ttl
+        if listings is None:
+            root.subtree_big_until, root.subtree_ok_until = memory, 0.0
+            return await self._fetch_listing(node)
+        root.subtree_ok_until = memory
+        rel = self.ns.rel(node)
+        own = listings.pop(rel, None) or Listing({}, self.ns.clock())
+        # an upload's directory is always listed itself: its data may be an upload kept open
+        self.ns.store_prefetched({k: v for k, v in listings.items() if not UPLOAD_DIR.match(k)})
+        return own
+
+    def _scan_root(self, node: Node, now: float) -> Node:
+        """The highest directory above `node` (or `node`) whose subtree was found small."""
+        root, ancestor = node, node.parent
+        while ancestor is not None:
+            if ancestor.subtree_ok_until > now:
+                root = ancestor
+            ancestor = ancestor.parent
+        return root
+
+    async def _fetch_subtree(self, root: Node) -> dict[str, Listing] | None:
+        """Listings of `root` and every directory below it, or None beyond SUBTREE_PAGES."""
+        prefix = self.ns.dir_prefix(root)
+        objects: list[ObjectInfo] = []
+        token: str | None = None
+        for _ in range(SUBTREE_PAGES):
+            page = await self.store.list_page(prefix, delimiter="", token=token)
+            objects.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                return self._subtree_listings(self.ns.rel(root), prefix, objects)
+        return None
+
+    def _subtree_listings(
+        self, base: str, prefix: str, objects: list[ObjectInfo]
+    ) -> dict[str, Listing]:
+        fetched = self.ns.clock()
+        listings: dict[str, Listing] = {base: Listing({}, fetched)}
+        for obj in objects:
+            *dirs, last = obj.key[len(prefix) :].split("/")
+            where = base
+            for name in dirs:
+                if not _listable(name):
+                    break
+                listings[where].entries[name] = Entry(True, 0, self.dir_mtime)
+                where = f"{where}/{name}" if where else name
+                listings.setdefault(where, Listing({}, fetched))
+            else:
+                if last == "":
+                    listings[where].marker = True  # a `dir/` object of another tool
+                elif _listable(last) and not listings[where].entries.get(last, FILE).is_dir:
+                    listings[where].entries[last] = Entry(False, obj.size, obj.mtime, obj.etag)
+        return listings
+
+    async def _fetch_listing(self, node: Node) -> Listing:
+        prefix = self.ns.dir_prefix(node)
+        objects, prefixes = await self.store.list_all(prefix)
+        listing = self._listing_of(prefix, objects, prefixes)
+        if UPLOAD_DIR.match(self.ns.rel(node)):  # its data may be an upload kept open
+            entry = await self.pending_entry(prefix + "data")
+            if entry is not None:
+                listing.entries["data"] = entry
+        return listing
+
+    async def _fetch_small_listing(self, node: Node) -> Listing | None:
+        """The directory's listing if it fits one page; None (and remembered) if it does not."""
+        prefix = self.ns.dir_prefix(node)
+        page = await self.store.list_page(prefix)
+        if page.next_token is not None:
+            node.big_until = self.ns.clock() + BIG_DIR_MEMORY * self.ns.metadata_ttl
+            return None
+        return self._listing_of(prefix, page.objects, page.prefixes)
+
+    def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
+        entries: dict[str, Entry] = {}
+        for obj in objects:
+            name = obj.key[len(prefix) :]
+            if _listable(name):
+                entries[name] = Entry(False, obj.size, obj.mtime, obj.etag)
+        for common in prefixes:
+            name = common[len(prefix) : -1]
+            if _listable(name):
+                entries[name] = Entry(True, 0, self.dir_mtime)
+        marker = any(obj.key == prefix for obj in objects)
+        return Listing(entries, self.ns.clock(), marker)
+
+    def entry_node(self, parent_ino: int, name: str, entry: Entry) -> Node:
+        """The node for a readdir entry, attributes taken from the listing (no HEAD)."""
+        parent = self.ns.get(parent_ino)
+        node = parent.children.get(name)
+        if node is not None and (node.local or node.file is not None):
+            return node
+        return self.ns.attach(parent, name, entry)
+
+
+def _listable(name: str) -> bool:
+    """Names that can appear in a directory: the ones a lookup accepts (not empty as in keys
+    like `a//b`, not . or .., at most 255 bytes, no control characters)."""
+    return (
+        bool(name)
+        and name not in {".", ".."}
+        and len(name.encode()) <= NAME_MAX
+        and not _has_control(name)
+    )
+
+
+def _has_control(name: str) -> bool:
+    return any(ord(c) < 0x20 or c == "\x7f" for c in name)
