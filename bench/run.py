@@ -104,7 +104,7 @@ GROUPS: dict[int, Group] = {
         fw.w14_fsync_writes,
     ),
     15: Group(_ids("15push", "15pull"), FS_AND_NATIVE, rw.w15_small_image),
-    16: Group(lambda z: mw.meta_ids(z.meta_repos), FS_AND_NATIVE, mw.w16_metadata),
+    16: Group(lambda z: mw.meta_ids(z.meta_repos), ("mount", "native"), mw.w16_metadata),
 }
 #: names for sets of workloads; 16 (metadata, minutes per system at N=1000) only on request
 ALIASES: dict[str, list[int]] = {
