@@ -152,6 +152,9 @@ def _phase(
             pids={"registry": reg.proc.pid},
         )
         mine.append(sample)
+    if fs is None and phase in ("gcdry", "gc"):
+        # the native driver runs in the garbage-collect process, not in the idle server
+        sample.cpu_s = sample.cpu_other.get("client")
     if phase == "gc" and not sample.error:
         sample.error = _check_collected(ctx, fx, bucket)
     out.append(sample)
