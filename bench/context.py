@@ -236,7 +236,7 @@ class Ctx:
         *,
         bucket: str,
         amount: float,
-        **opts: object,
+        **opts: Any,
     ) -> Sample:
         """The boto3 client ``system`` doing transfer ``kind`` (put, put-file, get, get-file)."""
         op = REFERENCE_OPS[system][kind]

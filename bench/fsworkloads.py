@@ -9,6 +9,7 @@ backend's read-only bucket, made once (``make_ro_bucket``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -328,9 +329,7 @@ def w14_fsync_writes(ctx: Ctx, system: str, out: list[Sample]) -> None:
     """Sequential writes of each size in ``fsync_writes`` with ``dd conv=fsync``: (14a), (14b)."""
     for i, size in enumerate(ctx.sizes.fsync_writes):
         wl = f"14{'abcdefgh'[i]}"
-        ctx.attempt(
-            wl, system, out, lambda wl=wl, size=size: _fsync_write(ctx, system, out, wl, size)
-        )
+        ctx.attempt(wl, system, out, functools.partial(_fsync_write, ctx, system, out, wl, size))
 
 
 def _fsync_write(ctx: Ctx, system: str, out: list[Sample], wl: str, size: int) -> None:
