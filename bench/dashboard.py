@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from bench.common import drop_caches  # noqa: E402
 from bench.servers import server  # noqa: E402
+from s3fs_registry import status  # noqa: E402
 from tests.mounts import Mount, free_port  # noqa: E402
 from tests.registry import Registry, make_image, pull, push, random_layer  # noqa: E402
 from tests.s3proxy import S3Proxy  # noqa: E402
@@ -298,13 +299,15 @@ def parse_scrape(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 class Scraper(threading.Thread):
-    """Scrapes the endpoint every `interval` seconds until stopped; notes events."""
+    """Scrapes the endpoint every `interval` seconds until stopped; notes events, and keeps
+    the `status` of the mount from the first scrape that saw two uploads in flight."""
 
-    def __init__(self, url: str, interval: float = 1.0) -> None:
+    def __init__(self, url: str, mountpoint: Path, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
-        self.url, self.interval = url, interval
+        self.url, self.mountpoint, self.interval = url, mountpoint, interval
         self.scrapes: list[Scrape] = []
         self.events: list[tuple[float, str]] = []
+        self.status = ""
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -312,6 +315,10 @@ class Scraper(threading.Thread):
         while not self._stop.is_set():
             with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=5) as resp:
                 self.scrapes.append((time.time(), parse_scrape(resp.read().decode())))
+                gauge = "s3fs_registry_uploads_in_flight"
+                in_flight = [v for n, _, v in self.scrapes[-1][1] if n == gauge]
+                if not self.status and in_flight and in_flight[0] >= 2:
+                    self.status = status.format_report(status.query(str(self.mountpoint)))
             elapsed = time.monotonic() - start
             self._stop.wait(self.interval - elapsed % self.interval)
 
@@ -336,7 +343,7 @@ def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
             endpoint=proxy.url,
             mount={"metrics_addr": str(port), "log_level": "info", "memory_budget": "256MiB"},
         ).start()
-        scraper = Scraper(f"http://127.0.0.1:{port}/metrics")
+        scraper = Scraper(f"http://127.0.0.1:{port}/metrics", mount.path)
         scraper.start()
         try:
             registry = Registry(mount.path, workdir=workdir / "registry").start()
@@ -363,10 +370,12 @@ def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
         "image": {"layers": layers, "layer_mib": layer_mib},
         "faults": "3% of PUTs answered 503 SlowDown by the proxy",
         "events": scraper.events,
+        "status": scraper.status,
         "scrapes": scraper.scrapes,
     }
     out.write_text(json.dumps(run))
-    print(f"{len(scraper.scrapes)} scrapes written to {out}")
+    print(f"{len(scraper.scrapes)} scrapes written to {out}; status during the push:")
+    print(scraper.status)
 
 
 # -- plotting ------------------------------------------------------------------------------
