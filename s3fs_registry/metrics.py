@@ -267,13 +267,20 @@ class Recent:
 RECENT = Recent()
 
 
+_s3_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def s3_attempt(
     operation: str, key: str, attempt: int, seconds: float, exc: BaseException | None, final: bool
 ) -> str:
     """Account one attempt of an S3 request; returns its outcome. `final`: no retry follows."""
     outcome = outcome_of(exc)
-    S3_REQUESTS.labels(operation, outcome).inc()
-    S3_SECONDS.labels(operation).observe(seconds)
+    children = _s3_children.get((operation, outcome))
+    if children is None:
+        children = (S3_REQUESTS.labels(operation, outcome), S3_SECONDS.labels(operation))
+        _s3_children[operation, outcome] = children
+    children[0].inc()
+    children[1].observe(seconds)
     RECENT.add("requests")
     if outcome in ("ok", "not_found"):
         return outcome

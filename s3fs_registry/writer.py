@@ -454,12 +454,14 @@ class SpoolSession:
         return True
 
     async def write(self, offset: int, data: bytes) -> None:
+        metrics.UPLOADS.start(self)  # until committed or closed
         self._charge(offset + len(data))
         await self._pwrite(offset, data)
         self.size = max(self.size, offset + len(data))
         self.dirty = True
 
     async def truncate(self, size: int) -> None:
+        metrics.UPLOADS.start(self)
         self._charge(size)
         await trio.to_thread.run_sync(os.ftruncate, self._fd, size, limiter=self._limiter)
         self.size = size
@@ -479,7 +481,12 @@ class SpoolSession:
         else:
             etag = await self._upload_multipart()
         self.dirty = False
+        metrics.UPLOADS.end(self)
         return Committed(self.size, etag)
+
+    def progress(self) -> metrics.UploadProgress:
+        """For `status`: a spool file reaches S3 only at its commit."""
+        return metrics.UploadProgress(self.key, self.size, 0, 0, 0)
 
     async def _upload_multipart(self) -> str:
         store = self._ctx.store
@@ -511,6 +518,7 @@ class SpoolSession:
             self._ctx.budget.parts.give(length)
 
     def close(self) -> None:
+        metrics.UPLOADS.end(self)
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._ctx.spool.shrink(self._charged)
