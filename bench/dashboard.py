@@ -300,7 +300,7 @@ def parse_scrape(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 class Scraper(threading.Thread):
     """Scrapes the endpoint every `interval` seconds until stopped; notes events, and keeps
-    the `status` of the mount from the first scrape that saw two uploads in flight."""
+    the `status` of the mount from the first scrape with the most uploads in flight."""
 
     def __init__(self, url: str, mountpoint: Path, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -308,25 +308,27 @@ class Scraper(threading.Thread):
         self.scrapes: list[Scrape] = []
         self.events: list[tuple[float, str]] = []
         self.status = ""
-        self._stop = threading.Event()
+        self.most_uploads = 0
+        self._done = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
-        while not self._stop.is_set():
+        while not self._done.is_set():
             with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=5) as resp:
                 self.scrapes.append((time.time(), parse_scrape(resp.read().decode())))
                 gauge = "s3fs_registry_uploads_in_flight"
                 in_flight = [v for n, _, v in self.scrapes[-1][1] if n == gauge]
-                if not self.status and in_flight and in_flight[0] >= 2:
+                if in_flight and in_flight[0] > self.most_uploads:
+                    self.most_uploads = int(in_flight[0])
                     self.status = status.format_report(status.query(str(self.mountpoint)))
             elapsed = time.monotonic() - start
-            self._stop.wait(self.interval - elapsed % self.interval)
+            self._done.wait(self.interval - elapsed % self.interval)
 
     def mark(self, what: str) -> None:
         self.events.append((time.time(), what))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -396,7 +398,7 @@ def plot(run_path: Path, png: Path) -> None:
     for ax, panel in zip(axes.flat, PANELS, strict=False):
         for query in panel.queries:
             for legend, (times, values) in sorted(evaluate(query, scrapes).items()):
-                if any(values):
+                if any(values) or query.kind == "gauge":
                     ax.plot([t - start for t in times], values, label=legend, linewidth=1.2)
         for when, what in run["events"]:
             ax.axvline(when - start, color="grey", linestyle=":", linewidth=0.8)
