@@ -420,13 +420,19 @@ class Namespace:
 
         The directory stays, as it would on a local disk, even if that was its last key in
         S3: the registry removes an upload's directory and expects `_uploads` to remain.
+        So do its ancestors, which that key may have been the last one under too (`a` of
+        `a/b/f`, `repo` of `repo/_uploads/<uuid>`): each is this mount's own from now on,
+        until a file is written under it again, it is removed, or the kernel forgets it.
         """
         self._drop_prefetched(parent)
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
         self.set_negative(self.child_rel(parent, name))
-        if parent is not self.root and not parent.detached:
-            parent.local, parent.checked = True, self.clock()
+        now = self.clock()
+        node: Node | None = parent
+        while node is not None and node is not self.root and not node.detached:
+            node.local, node.checked = True, now
+            node = node.parent
 
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""
