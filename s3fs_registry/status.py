@@ -244,10 +244,10 @@ def find_mount(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> Moun
     with open(mountinfo) as lines:
         for line in lines:
             fields = line.split()
-            if len(fields) < 10 or _unescape(fields[4]) != mountpoint:
+            if len(fields) < 10 or "-" not in fields or _unescape(fields[4]) != mountpoint:
                 continue
-            tail = fields[fields.index("-") + 1 :]
-            options = dict(o.partition("=")[::2] for o in tail[2].split(",")) if tail else {}
+            tail = [*fields[fields.index("-") + 1 :], "", "", ""]
+            options = dict(o.partition("=")[::2] for o in tail[2].split(","))
             uid = options.get("user_id", "-1")
             found = MountEntry(mountpoint, tail[0], int(uid) if uid.isdigit() else -1)
     return found
