@@ -10,9 +10,10 @@ recorded scrapes are made, so the plot in the README shows exactly what the dash
 
 `record` starts a throwaway S3 server (Ceph RGW or moto), the counting proxy of the tests
 (answering 3 % of PUTs with 503 SlowDown, so that retries show), a mount with
-`metrics_addr` and a small memory budget, and the registry on it; it pushes an image with
-skopeo, drops the page cache, pulls it twice, and scrapes the endpoint every second
-throughout. `plot` needs matplotlib (`pip install .[dashboard]`).
+`metrics_addr` and a small memory budget, and the registry on it; it pushes two images at
+once with skopeo, drops the page cache, pulls both at once, pulls one again (from the
+page cache), and scrapes the endpoint every second throughout. `plot` needs matplotlib
+(`pip install .[dashboard]`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,28 @@ class Scraper(threading.Thread):
         self.join()
 
 
+IMAGES = (0, 1)  # pushed, then pulled, at the same time
+
+
+def _at_once(step: Callable[[int], object]) -> None:
+    """`step(i)` for every image, each in its own thread; re-raises the first failure."""
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            step(i)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in IMAGES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
     """A push and two pulls on a mount with metrics, scraped every second (module doc)."""
     workdir = Path(tempfile.mkdtemp(prefix="s3fs-dashboard-"))
@@ -349,19 +372,22 @@ def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
         scraper.start()
         try:
             registry = Registry(mount.path, workdir=workdir / "registry").start()
-            blobs = [random_layer(layer_mib << 20, seed) for seed in range(layers)]
-            make_image(workdir / "img", blobs, {"architecture": "amd64", "os": "linux"})
-            del blobs
+            for image in IMAGES:
+                seeds = range(image * layers, (image + 1) * layers)
+                blobs = [random_layer(layer_mib << 20, seed) for seed in seeds]
+                config = {"architecture": "amd64", "os": "linux", "image": image}
+                make_image(workdir / f"img{image}", blobs, config)
+                del blobs
             time.sleep(3)
-            scraper.mark("push")
-            push(workdir / "img", registry.url, "demo/app:v1")
+            scraper.mark("2 pushes")
+            _at_once(lambda i: push(workdir / f"img{i}", registry.url, f"demo/app{i}:v1"))
             time.sleep(3)
             drop_caches()
-            scraper.mark("cold pull")
-            pull(registry.url, "demo/app:v1", workdir / "pull1")
+            scraper.mark("2 cold pulls")
+            _at_once(lambda i: pull(registry.url, f"demo/app{i}:v1", workdir / f"cold{i}"))
             time.sleep(3)
             scraper.mark("warm pull")
-            pull(registry.url, "demo/app:v1", workdir / "pull2")
+            pull(registry.url, "demo/app0:v1", workdir / "warm")
             time.sleep(3)
             registry.stop()
         finally:
@@ -369,7 +395,7 @@ def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
             mount.stop()
     run = {
         "backend": backend,
-        "image": {"layers": layers, "layer_mib": layer_mib},
+        "image": {"images": len(IMAGES), "layers": layers, "layer_mib": layer_mib},
         "faults": "3% of PUTs answered 503 SlowDown by the proxy",
         "events": scraper.events,
         "status": scraper.status,
@@ -405,6 +431,9 @@ def plot(run_path: Path, png: Path) -> None:
             ax.annotate(what, (when - start, 1), xycoords=("data", "axes fraction"),
                         fontsize=7, color="grey", va="top", rotation=90)  # fmt: skip
         ax.set_title(panel.title, fontsize=10, loc="left")
+        ax.set_ylim(bottom=0)
+        if ax.get_ylim()[1] <= 0:
+            ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(_formatter(panel.unit))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -417,9 +446,10 @@ def plot(run_path: Path, png: Path) -> None:
         ax.set_xlabel("seconds")
     image = run["image"]
     fig.suptitle(
-        f"s3fs-registry dashboard panels over a real run ({run['backend']}): push of a "
-        f"{image['layers']} x {image['layer_mib']} MiB image, cold and warm pull; "
-        f"{run['faults']}; scraped every second",
+        f"s3fs-registry dashboard panels over a real run on {run['backend']}: "
+        f"{image.get('images', 1)} images of {image['layers']} x {image['layer_mib']} MiB "
+        f"pushed at once, pulled cold at once, one pulled warm; {run['faults']}; "
+        "scraped every second",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
@@ -454,8 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = sub.add_parser("record", help="scrape a real push and pull")
     rec.add_argument("--backend", choices=("rgw", "moto"), default="rgw")
     rec.add_argument("--out", type=Path, required=True)
-    rec.add_argument("--layers", type=int, default=6)
-    rec.add_argument("--layer-mib", type=int, default=64)
+    rec.add_argument("--layers", type=int, default=4, help="layers per image")
+    rec.add_argument("--layer-mib", type=int, default=96)
     draw = sub.add_parser("plot", help="draw the panels of a recorded run")
     draw.add_argument("run", type=Path)
     draw.add_argument("png", type=Path)
