@@ -10,8 +10,9 @@ uploads in flight) are read when scraped instead of being kept up to date.
 `serve()` starts prometheus_client's own HTTP server in a daemon thread on the configured
 address. Besides the metrics, the module keeps what `status` shows and Prometheus has no
 use for: the uploads in flight with their progress, the last S3 error, and per-minute
-counts of requests, errors and retries (`RECENT`). Those are only touched on the trio
-thread (`store._call`, the writer, the status server), so they need no lock.
+counts of requests, errors and retries (`RECENT`). Those are only changed and walked on
+the trio thread (`store._call`, the writer, the status server), so they need no lock; a
+scrape only takes `len(UPLOADS)`.
 
 Names and units follow the Prometheus conventions: `s3fs_registry_` prefix, `_total` for
 counters, `_seconds` and `_bytes` for units.
