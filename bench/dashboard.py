@@ -395,7 +395,8 @@ def record(backend: str, out: Path, layers: int, layer_mib: int) -> None:
             mount.stop()
     run = {
         "backend": backend,
-        "image": {"images": len(IMAGES), "layers": layers, "layer_mib": layer_mib},
+        "what": f"{len(IMAGES)} images of {layers} x {layer_mib} MiB pushed at once, pulled "
+        "cold at once, one pulled warm",
         "faults": "3% of PUTs answered 503 SlowDown by the proxy",
         "events": scraper.events,
         "status": scraper.status,
@@ -444,12 +445,9 @@ def plot(run_path: Path, png: Path) -> None:
         ax.remove()
     for ax in axes[-1]:
         ax.set_xlabel("seconds")
-    image = run["image"]
     fig.suptitle(
-        f"s3fs-registry dashboard panels over a real run on {run['backend']}: "
-        f"{image.get('images', 1)} images of {image['layers']} x {image['layer_mib']} MiB "
-        f"pushed at once, pulled cold at once, one pulled warm; {run['faults']}; "
-        "scraped every second",
+        f"s3fs-registry dashboard panels over a real run on {run['backend']}: {run['what']}; "
+        f"{run['faults']}; scraped every second",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
