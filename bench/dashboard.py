@@ -462,7 +462,8 @@ def _formatter(unit: str) -> Any:
         if unit in ("bytes", "Bps"):
             for suffix in ("B", "KiB", "MiB", "GiB"):
                 if abs(value) < 1024 or suffix == "GiB":
-                    return f"{value:.0f} {suffix}" + ("/s" if unit == "Bps" else "")
+                    digits = 0 if value == int(value) or abs(value) >= 10 else 1
+                    return f"{value:.{digits}f} {suffix}" + ("/s" if unit == "Bps" else "")
                 value /= 1024
         if unit == "s":
             return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
