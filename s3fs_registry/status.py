@@ -97,10 +97,29 @@ def _private_dir(path: str) -> None:
         raise OSError(errno.EPERM, f"{path} is writable by others")
 
 
+def _remove_stale(directory: str) -> None:
+    """Remove the sockets of daemons that died without removing theirs (kill -9): nothing
+    listens on them any more, so connecting is refused."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not name.endswith(".sock"):
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    log.debug("removed the stale control socket %s", path)
+            except OSError:
+                pass
+
+
 def bind_control_socket(mountpoint: str) -> tuple[socket.socket, str]:
     """A listening socket at its final path, mode 0600 from the moment it has that path."""
     directory = control_dir()
     _private_dir(directory)
+    _remove_stale(directory)
     path = os.path.join(directory, socket_name(mountpoint))
     if len(path.encode()) > MAX_SOCKET_PATH:
         raise OSError(errno.ENAMETOOLONG, f"socket path {path} is too long")

@@ -457,6 +457,22 @@ def test_each_address_form_binds_exactly_its_address(
         assert total(samples, "s3fs_registry_start_time_seconds") > 0
 
 
+def test_a_starting_daemon_removes_the_sockets_of_dead_daemons(
+    watched: Watched, moto: S3Server, mount_factory: MountFactory
+) -> None:
+    """A daemon killed with SIGKILL leaves its socket behind; the next daemon to start
+    removes it (nothing listens on it), and leaves the sockets of live daemons alone."""
+    stale = Path("/run/s3fs-registry") / f"stale-test-{os.getpid()}.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(stale))
+        dead.listen()
+    assert stale.exists()
+    mount_factory(moto)
+    assert not stale.exists()
+    assert control_socket(watched.mount).exists()
+    assert status(watched.mount.path).returncode == 0
+
+
 def test_a_busy_port_stops_the_daemon_at_start(moto: S3Server, tmp_path: Path) -> None:
     """Another process holds the port: exit 2 with one line naming the setting, and
     nothing is mounted."""
