@@ -44,6 +44,11 @@ class Pool:
             await self._lot.park()
         self._add(nbytes)
 
+    @property
+    def waiting(self) -> int:
+        """Writers waiting in `take` for memory to be given back."""
+        return len(self._lot)
+
     def try_take(self, nbytes: int) -> bool:
         if self.used + nbytes > self.limit:
             return False

@@ -4,14 +4,19 @@
 process that already has threads and an HTTP pool is unsafe) and waits on a pipe until the
 child says the mount is usable, or reports its one-line error and exit code.
 
+`status` asks a running daemon over its control socket (status.py); it reads no
+configuration.
+
 Exit codes: 0 ok; 1 unexpected error; 2 bad command line or configuration; 3 S3 endpoint
 unreachable; 4 credentials rejected; 5 bucket missing; 6 permission missing; 7 cannot mount
-(mount point); 8 uploads pending at shutdown failed.
+(mount point); 8 uploads pending at shutdown failed; 9 (status) not an s3fs-registry mount;
+10 (status) the daemon does not answer, or refuses to.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -25,6 +30,7 @@ from s3fs_registry.check import PermissionCheck, format_table
 from s3fs_registry.config import Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
 from s3fs_registry.log import setup_logging
+from s3fs_registry.status import ANSWER_TIMEOUT_S, StatusError, format_report, query
 from s3fs_registry.store import Store, known_regions
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint")
     check = sub.add_parser("check", help="validate the configuration and probe the S3 permissions")
     _add_config(check)
+    status = sub.add_parser("status", help="what the daemon of a running mount is doing")
+    status.add_argument("--json", action="store_true", help="print the daemon's report as JSON")
+    status.add_argument(
+        "--timeout", type=float, default=ANSWER_TIMEOUT_S, help="seconds to wait for an answer"
+    )
+    status.add_argument("mountpoint")
     return parser
 
 
@@ -71,6 +83,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
     try:
         config = _load(args.config)
         if args.command == "check":
@@ -178,6 +192,15 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
         child.kill()
         code = 1
     return _fail(line or f"daemon exited with code {code}; see its log", code or 1)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        report = query(args.mountpoint, args.timeout)
+    except StatusError as exc:
+        return _fail(str(exc), exc.exit_code)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def _check(config: Config) -> int:

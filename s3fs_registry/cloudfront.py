@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from s3fs_registry import __version__
+from s3fs_registry import __version__, metrics
 from s3fs_registry.config import CloudFrontConfig
 from s3fs_registry.errors import S3fsError
 from s3fs_registry.log import RedactingFilter
@@ -305,6 +305,8 @@ def _redact_param(part: str) -> str:
 
 #: why a fetch failed; the caller reads from S3 in every case
 CAUSES = ("forbidden", "not-found", "server-error", "timeout", "connection", "bad-response")
+for _cause in CAUSES:  # exported from the start, at 0, so that alerts can use rate()
+    metrics.CLOUDFRONT_FALLBACKS.labels(_cause)
 
 #: the only keys CloudFront may serve (§8 item 11): content-addressed, so a cached copy is
 #: never stale. Links, hashstates and uploads would be, so they are refused outright.
@@ -537,6 +539,7 @@ class CloudFrontFetcher:
         if not 0 <= first <= last:
             raise ValueError(f"invalid byte range {first}-{last}")
         self.stats["requests"] += 1
+        metrics.CLOUDFRONT_REQUESTS.inc()
         work = functools.partial(self._fetch_blocking, key, first, last)
         try:
             data, total = await trio.to_thread.run_sync(work, limiter=self._limiter)
@@ -544,6 +547,7 @@ class CloudFrontFetcher:
             self._note_failure(exc)
             raise
         self.stats["bytes"] += len(data)
+        metrics.CLOUDFRONT_READ_BYTES.inc(len(data))
         return data, total
 
     def _fetch_blocking(self, key: str, first: int, last: int) -> tuple[bytes, int]:
@@ -570,6 +574,7 @@ class CloudFrontFetcher:
     def _note_failure(self, exc: CloudFrontError) -> None:
         """Count every failure; log the first of each cause loudly, the rest quietly."""
         self.stats[exc.cause] += 1
+        metrics.CLOUDFRONT_FALLBACKS.labels(exc.cause).inc()
         if exc.cause in self._logged:
             log.debug("%s; reading from S3", exc)
             return

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from s3fs_registry import metrics
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
 from s3fs_registry.cloudfront import CloudFrontFetcher
 from s3fs_registry.config import Config
@@ -32,6 +33,7 @@ from s3fs_registry.errors import (
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
 from s3fs_registry.reader import BlobSource, LinkCache, ReadContext
+from s3fs_registry.status import Report, serve_status
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
 from s3fs_registry.writer import WriteContext
@@ -164,7 +166,25 @@ def _blob_source(config: Config, store: Store) -> BlobSource | None:
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: None) -> int:
     """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
-    return trio.run(_serve, config, store, mountpoint, on_ready)
+    endpoint = _metrics_endpoint(config)
+    try:
+        return trio.run(_serve, config, store, mountpoint, on_ready)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _metrics_endpoint(config: Config) -> metrics.Endpoint | None:
+    """The Prometheus endpoint, bound before anything is mounted (a busy port stops us)."""
+    address = config.mount.metrics_addr
+    if not address:
+        return None
+    try:
+        return metrics.serve(address)
+    except OSError as exc:
+        raise StartupError(
+            f"mount.metrics_addr {address}: cannot listen there: {exc}", EXIT_CONFIG
+        ) from None
 
 
 async def _serve(
@@ -196,6 +216,7 @@ async def _serve(
             feeds=trio.CapacityLimiter(store.read_slots),
         )
         fs = Filesystem(config, store, writes, reads)
+        await _watch(config, mountpoint, budget, writes.spool, background)
         if mount.janitor:
             janitor = Janitor(
                 store, config.s3.key_prefix(), mount.janitor_age, mount.janitor_interval
@@ -222,6 +243,20 @@ async def _serve(
         store.stats.requests,
     )
     return code
+
+
+async def _watch(
+    config: Config,
+    mountpoint: str,
+    budget: MemoryBudget,
+    spool: SpoolBudget,
+    background: trio.Nursery,
+) -> None:
+    """Metrics of the budgets, and the control socket `s3fs-registry status` asks."""
+    pools = [budget.first, budget.parts]
+    info = {"bucket": config.s3.bucket, "prefix": config.s3.key_prefix(), "mountpoint": mountpoint}
+    metrics.watch(pools, spool, info)
+    await background.start(serve_status, Report(config, mountpoint, pools, spool), mountpoint)
 
 
 async def _serve_mounted(

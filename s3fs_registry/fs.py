@@ -23,6 +23,7 @@ from typing import cast
 
 import pyfuse3
 
+from s3fs_registry import metrics
 from s3fs_registry.config import MountConfig
 from s3fs_registry.errors import FsError, S3fsError, to_errno
 from s3fs_registry.namespace import Entry
@@ -37,13 +38,17 @@ STATFS_BLOCKS = 1 << 40  # S3 has no capacity; report a petabyte-scale free spac
 
 @asynccontextmanager
 async def fuse_errors(operation: str) -> AsyncIterator[None]:
-    """Turn every exception into a FUSEError with the table's errno, logging as it says."""
+    """Turn every exception into a FUSEError with the table's errno, logging as it says;
+    count the request and its errno (metrics.py)."""
+    metrics.fuse_operation(operation)
     try:
         yield
-    except pyfuse3.FUSEError:
+    except pyfuse3.FUSEError as exc:
+        metrics.fuse_error(operation, exc.errno)
         raise
     except S3fsError as exc:
         code = to_errno(exc)
+        metrics.fuse_error(operation, code)
         log.log(
             exc.level if code != errno.EIO else logging.WARNING,
             "%s: %s (%s)",
@@ -54,9 +59,11 @@ async def fuse_errors(operation: str) -> AsyncIterator[None]:
         raise pyfuse3.FUSEError(code) from None
     except OSError as exc:
         log.warning("%s: %s", operation, exc)
+        metrics.fuse_error(operation, exc.errno or errno.EIO)
         raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     except Exception:
         log.exception("%s: unexpected error", operation)
+        metrics.fuse_error(operation, errno.EIO)
         raise pyfuse3.FUSEError(errno.EIO) from None
 
 

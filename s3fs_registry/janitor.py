@@ -17,6 +17,7 @@ import time
 
 import trio
 
+from s3fs_registry import metrics
 from s3fs_registry.errors import NotFoundError, StoreError
 from s3fs_registry.namespace import UPLOAD_DATA
 from s3fs_registry.store import Store
@@ -75,8 +76,10 @@ class Janitor:
                 await self.store.abort_multipart(upload.key, upload.upload_id)
             except StoreError as exc:
                 log.warning("janitor: could not abort the upload of %s: %s", upload.key, exc)
+                metrics.JANITOR_FAILED.inc()
                 continue
             self.aborted += 1
+            metrics.JANITOR_ABORTED.inc()
             log.info(
                 "janitor: aborted a multipart upload of %s started %s",
                 upload.key,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3fs_registry import metrics
 from s3fs_registry.errors import FsError
 
 log = logging.getLogger(__name__)
@@ -226,9 +227,10 @@ class Namespace:
 
     def fresh(self, node: Node) -> bool:
         """Are the node's attributes still trusted without asking S3?"""
-        if node.local or node.file is not None:
-            return True
-        return self.clock() - node.checked < self.ttl(self.rel(node))
+        fresh = node.local or node.file is not None
+        fresh = fresh or self.clock() - node.checked < self.ttl(self.rel(node))
+        (metrics.ATTRIBUTES_HIT if fresh else metrics.ATTRIBUTES_MISS).inc()
+        return fresh
 
     def note_miss(self, parent: Node) -> None:
         """A name was looked up in `parent` and did not exist (a create is likely next)."""
@@ -272,12 +274,11 @@ class Namespace:
 
     def is_negative(self, rel: str) -> bool:
         expiry = self._negative.get(rel)
-        if expiry is None:
-            return False
-        if self.clock() >= expiry:
+        if expiry is not None and self.clock() >= expiry:
             del self._negative[rel]
-            return False
-        return True
+            expiry = None
+        (metrics.NEGATIVE_MISS if expiry is None else metrics.NEGATIVE_HIT).inc()
+        return expiry is not None
 
     def set_negative(self, rel: str) -> None:
         if self.negative_ttl <= 0:
@@ -419,13 +420,19 @@ class Namespace:
 
         The directory stays, as it would on a local disk, even if that was its last key in
         S3: the registry removes an upload's directory and expects `_uploads` to remain.
+        So do its ancestors, which that key may have been the last one under too (`a` of
+        `a/b/f`, `repo` of `repo/_uploads/<uuid>`): each is this mount's own from now on,
+        until a file is written under it again, it is removed, or the kernel forgets it.
         """
         self._drop_prefetched(parent)
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
         self.set_negative(self.child_rel(parent, name))
-        if parent is not self.root and not parent.detached:
-            parent.local, parent.checked = True, self.clock()
+        now = self.clock()
+        node: Node | None = parent
+        while node is not None and node is not self.root and not node.detached:
+            node.local, node.checked = True, now
+            node = node.parent
 
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from s3fs_registry import metrics
 from s3fs_registry.budget import Pool
 from s3fs_registry.cloudfront import CloudFrontError, CloudFrontFetcher
 from s3fs_registry.errors import IntegrityError, StoreError, TransientError
@@ -107,7 +108,10 @@ class LinkCache:
     def get(self, key: str, etag: str, size: int) -> bytes | None:
         kept = self._data.get(key)
         if kept is None or not etag or kept[0] != etag or len(kept[1]) != size:
+            if self.holds(key):  # (a GET follows: the regex costs nothing next to it)
+                metrics.LINKS_MISS.inc()
             return None
+        metrics.LINKS_HIT.inc()
         self._data.move_to_end(key)
         return kept[1]
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -41,6 +41,7 @@ import botocore.session
 import trio
 from botocore.config import Config as BotoConfig
 
+from s3fs_registry import metrics
 from s3fs_registry.config import MountConfig, S3Config
 from s3fs_registry.errors import (
     AccessDeniedError,
@@ -333,6 +334,68 @@ def known_regions() -> list[str]:
     return sorted(regions)
 
 
+_response = threading.local()  # what the last response in this worker thread said
+
+
+def _note_response(http_response: Any, **_: Any) -> None:
+    """botocore's after-call hook (worker thread): the HTTP status and body length."""
+    _response.status = http_response.status_code
+    length = str(http_response.headers.get("content-length", ""))
+    _response.length = int(length) if length.isdigit() else 0
+
+
+class _Attempt(Generic[T]):
+    """One attempt of a request in its worker thread: latency, HTTP status, response length."""
+
+    __slots__ = ("fn", "length", "seconds", "status")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+        self.status = 0
+        self.length = 0
+
+    def __call__(self) -> T:
+        _response.status = _response.length = 0
+        start = time.perf_counter()
+        try:
+            return self.fn()
+        finally:
+            self.seconds = time.perf_counter() - start
+            self.status, self.length = _response.status, _response.length
+
+
+def _account(
+    operation: str,
+    key: str,
+    attempt: int,
+    timed: _Attempt[Any],
+    sent: int,
+    exc: BaseException | None,
+    result: object = None,
+    final: bool = True,
+) -> None:
+    """Count one attempt (metrics.py) and log it at DEBUG. Secrets cannot appear: the line
+    holds the operation, key, sizes, status, latency and the translated error only."""
+    outcome = metrics.s3_attempt(operation, key, attempt, timed.seconds, exc, final)
+    if exc is None:
+        if sent:
+            metrics.WRITTEN_BYTES.inc(sent)
+        elif isinstance(result, GetResult):
+            metrics.S3_READ_BYTES.inc(len(result.data))
+    log.debug(
+        "S3 %s %s size=%d status=%s latency=%.3fs attempt=%d outcome=%s%s",
+        operation,
+        key or "(bucket)",
+        sent or timed.length,
+        timed.status or "-",
+        timed.seconds,
+        attempt,
+        outcome,
+        "" if exc is None else f": {exc}",
+    )
+
+
 class RequestStats:
     """Counts of S3 requests by operation, retries and failures; for logs and benchmarks."""
 
@@ -358,6 +421,9 @@ class Store:
         # typed Any on purpose: this module is the boundary, and the stubs' TypedDicts add
         # nothing that the response checks below do not already do at run time
         self._client: Any = client if client is not None else make_client(s3, mount)
+        self._client.meta.events.register(
+            "after-call.s3", _note_response, unique_id="s3fs-registry-response"
+        )
         self._bucket = s3.bucket
         self.retry_attempts = mount.retry_attempts
         self.retry_time = mount.retry_time
@@ -399,29 +465,47 @@ class Store:
         fn: Callable[[], T],
         *,
         write: bool = False,
+        size: int = 0,
     ) -> T:
-        """Run `fn` in a worker thread with bounded, jittered retries of transient errors."""
+        """Run `fn` in a worker thread with bounded, jittered retries of transient errors.
+
+        Every attempt is counted (metrics.py) and logged at DEBUG; a request that fails for
+        good (not-found aside) is logged at INFO. `size`: the bytes of the request's body.
+        """
         limiter = self._write_limiter if write else self._read_limiter
-        deadline = time.monotonic() + self.retry_time
+        started = time.monotonic()
+        deadline = started + self.retry_time
         attempt = 0
         while True:
             attempt += 1
             self.stats.count(operation)
-            log.debug("S3 %s %s", operation, key)
+            timed = _Attempt(fn)
             try:
-                return await trio.to_thread.run_sync(fn, limiter=limiter)
+                result = await trio.to_thread.run_sync(timed, limiter=limiter)
             except BaseException as raw:
                 if isinstance(raw, trio.Cancelled | KeyboardInterrupt):
                     raise
                 exc = translate_error(raw, operation, key)
+            else:
+                _account(operation, key, attempt, timed, size, None, result)
+                return result
             delay = min(8.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if (
+            final = (
                 not _is_retryable(exc)
                 or attempt >= self.retry_attempts
                 or time.monotonic() + delay > deadline
-            ):
+            )
+            _account(operation, key, attempt, timed, size, exc, final=final)
+            if final:
                 if _is_retryable(exc):
                     self.stats.failures += 1
+                if not isinstance(exc, NotFoundError):
+                    log.info(
+                        "S3 request failed after %d attempt(s) in %.2fs: %s",
+                        attempt,
+                        time.monotonic() - started,
+                        exc,
+                    )
                 raise exc
             self.stats.retries += 1
             log.warning("%s; retry %d of %d in %.2fs", exc, attempt, self.retry_attempts - 1, delay)
@@ -560,6 +644,7 @@ class Store:
                 "ShortBody",
             )
         stream.position += len(data)
+        metrics.S3_READ_BYTES.inc(len(data))
         return data
 
     # -- writing -------------------------------------------------------------------------
@@ -578,7 +663,7 @@ class Store:
             )
             return str(resp.get("ETag", ""))
 
-        return await self._call("PutObject", key, work, write=True)
+        return await self._call("PutObject", key, work, write=True, size=len(body))
 
     async def create_multipart(self, key: str) -> str:
         check_key(key)
@@ -607,7 +692,7 @@ class Store:
             )
             return str(resp["ETag"])
 
-        return await self._call("UploadPart", key, work, write=True)
+        return await self._call("UploadPart", key, work, write=True, size=len(body))
 
     async def upload_part_copy(
         self,

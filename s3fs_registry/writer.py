@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from s3fs_registry import metrics
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
 from s3fs_registry.errors import NoSpaceError, PreconditionError, S3fsError, TooLargeError
 from s3fs_registry.namespace import Pending
@@ -164,6 +165,7 @@ class WriteSession:
     async def write(self, offset: int, data: bytes) -> None:
         if self.error is not None:
             raise self.error
+        metrics.UPLOADS.start(self)  # until the commit or discard releases the buffer
         await self._take_base()
         view = memoryview(data)
         pos = offset - self._buf_start
@@ -232,6 +234,11 @@ class WriteSession:
         if not _PLAIN_ETAG.fullmatch(etag) or len(self._buf) > SAME_CHECK_LIMIT:
             return False
         return hashlib.md5(self._buf, usedforsecurity=False).hexdigest() == etag
+
+    def progress(self) -> metrics.UploadProgress:
+        """For `status`: bytes written so far, and the bytes and parts already in S3."""
+        stored = sum(self._sizes.values())
+        return metrics.UploadProgress(self.key, self.size, stored, len(self._sizes), self._inflight)
 
     def abort(self) -> None:
         """Discard everything; a started multipart upload is aborted in the background."""
@@ -310,6 +317,7 @@ class WriteSession:
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         self._inflight += 1
+        metrics.PARTS_IN_FLIGHT.inc()
         self._idle = trio.Event()
         self._ctx.spawn(self._guarded, fn, *args)
 
@@ -322,6 +330,7 @@ class WriteSession:
                 self.error = exc
         finally:
             self._inflight -= 1
+            metrics.PARTS_IN_FLIGHT.dec()
             if self._inflight == 0:
                 self._idle.set()
 
@@ -389,6 +398,7 @@ class WriteSession:
             log.warning("could not abort multipart upload of %s: %s", self.key, exc)
 
     def _release_buffer(self) -> None:
+        metrics.UPLOADS.end(self)
         if self._pool is not None:
             self._pool.give(self._held)
         self._buf, self._pool, self._held = bytearray(), None, 0
@@ -444,12 +454,14 @@ class SpoolSession:
         return True
 
     async def write(self, offset: int, data: bytes) -> None:
+        metrics.UPLOADS.start(self)  # until committed or closed
         self._charge(offset + len(data))
         await self._pwrite(offset, data)
         self.size = max(self.size, offset + len(data))
         self.dirty = True
 
     async def truncate(self, size: int) -> None:
+        metrics.UPLOADS.start(self)
         self._charge(size)
         await trio.to_thread.run_sync(os.ftruncate, self._fd, size, limiter=self._limiter)
         self.size = size
@@ -469,7 +481,12 @@ class SpoolSession:
         else:
             etag = await self._upload_multipart()
         self.dirty = False
+        metrics.UPLOADS.end(self)
         return Committed(self.size, etag)
+
+    def progress(self) -> metrics.UploadProgress:
+        """For `status`: a spool file reaches S3 only at its commit."""
+        return metrics.UploadProgress(self.key, self.size, 0, 0, 0)
 
     async def _upload_multipart(self) -> str:
         store = self._ctx.store
@@ -501,6 +518,7 @@ class SpoolSession:
             self._ctx.budget.parts.give(length)
 
     def close(self) -> None:
+        metrics.UPLOADS.end(self)
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._ctx.spool.shrink(self._charged)

@@ -1,6 +1,7 @@
 """Reads through CloudFront, end to end: a registry on a mount configured with the cloudfront
 middleware pulls images; blob bytes come through the stand-in (tests/cloudfront_standin.py),
-link files never do, and every CloudFront failure falls back to S3 with identical bytes."""
+link files never do, and every CloudFront failure falls back to S3 with identical bytes;
+the mount's metrics count the requests, their bytes and each fallback by cause."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from s3fs_registry.cloudfront import CAUSES
 from tests.cloudfront_standin import CloudFrontStandIn
 from tests.conftest import MountFactory
-from tests.mounts import REPO, Mount, S3Server
+from tests.mounts import REPO, Mount, S3Server, free_port
 from tests.registry import Registry, make_image, pull, pulled_blobs, push, random_layer
+from tests.test_metrics import scrape, total
 
 pytestmark = pytest.mark.registry
 
@@ -66,8 +70,24 @@ def cloudfront_mount(
         s3,
         bucket,
         s3={"chunksize": 5 * MiB},
+        mount={"metrics_addr": str(free_port())},
         extra_config={"middleware": {"storage": [{"name": "cloudfront", "options": cloudfront}]}},
     )
+
+
+def cloudfront_counts(mount: Mount) -> dict[str, float]:
+    """The mount's CloudFront metrics: requests, bytes, fallbacks by cause."""
+    config = yaml.safe_load(mount.config_path.read_text())
+    samples = scrape(int(config["mount"]["metrics_addr"]))
+    counts = {
+        "requests": total(samples, "s3fs_registry_cloudfront_requests_total"),
+        "bytes": total(samples, "s3fs_registry_read_bytes_total", source="cloudfront"),
+        "fallbacks": total(samples, "s3fs_registry_cloudfront_fallbacks_total"),
+    }
+    for (name, labels), value in samples.items():
+        if name == "s3fs_registry_cloudfront_fallbacks_total" and value:
+            counts[dict(labels)["cause"]] = value
+    return counts
 
 
 def push_and_pull(mount: Mount, tmp_path: Path, tag: str) -> dict[str, bytes]:
@@ -96,6 +116,9 @@ def test_blob_bytes_come_through_cloudfront(
     assert all(status == 206 for _p, _r, status in server.requests)
     assert all("/docker/registry/v2/blobs/sha256/" in p and p.endswith("/data") for p in paths)
     assert not any(p.endswith("/link") or "_uploads" in p for p in paths), "links never"
+    counts = cloudfront_counts(mount)
+    assert counts["requests"] == len(server.requests) and counts["fallbacks"] == 0, counts
+    assert counts["bytes"] >= 12 * MiB + 5
     assert mount.stop() == 0
     assert "reading from S3 instead" not in mount.log()
 
@@ -127,6 +150,10 @@ def test_cloudfront_failures_fall_back_to_s3(
     push_and_pull(mount, tmp_path, "1")
     statuses = {status for _p, _r, status in server.requests}
     assert statuses <= ({0} if fault == "down" else {403}), statuses
+    counts = cloudfront_counts(mount)
+    assert counts["fallbacks"] == counts["requests"] > 0 and counts["bytes"] == 0, counts
+    cause = "forbidden" if fault != "down" else next(c for c in counts if c in CAUSES)
+    assert counts[cause] == counts["fallbacks"], counts
     assert mount.stop() == 0
     log = mount.log()
     assert log.count("reading from S3 instead") == 1, "logged once per cause"

@@ -1336,3 +1336,47 @@ def test_load_invalid_utf8(tmp_path: Path) -> None:
         load_config(str(path), {})
     assert str(info.value).startswith(f"{path}")
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# mount.metrics_addr
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("", ""),
+        (9464, "127.0.0.1:9464"),
+        ("9464", "127.0.0.1:9464"),
+        (":9464", "127.0.0.1:9464"),
+        ("localhost:9464", "127.0.0.1:9464"),
+        ("127.0.0.2:80", "127.0.0.2:80"),
+        ("0.0.0.0:9464", "0.0.0.0:9464"),
+        ("[::]:9464", "[::]:9464"),
+        ("[::1]:65535", "[::1]:65535"),
+        ("[0:0::1]:1", "[::1]:1"),
+    ],
+)
+def test_metrics_addr_binds_loopback_unless_an_address_is_written(
+    value: object, address: str
+) -> None:
+    assert mount(metrics_addr=value).metrics_addr == address
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", ":0", "65536", "port", "host.example:9464", "1.2.3.4", "::1:9464", "[::1",
+     "[1.2.3.4]:9", "1.2.3.4:+9", "1.2.3.4:٩", True, 9.5, ["9464"]],
+)  # fmt: skip
+def test_metrics_addr_refuses_what_is_not_an_address(value: object) -> None:
+    message = error(with_mount(metrics_addr=value))
+    assert message.startswith(f"{SRC}: mount.metrics_addr: must be PORT, :PORT"), message
+    assert "0.0.0.0:PORT or [::]:PORT for every interface" in message
+
+
+def test_metrics_addr_from_the_environment() -> None:
+    got = parse(s3_doc(), {"REGISTRY_MOUNT_METRICS_ADDR": ":9100"}).mount
+    assert got.metrics_addr == "127.0.0.1:9100"
+    assert "REGISTRY_MOUNT_METRICS_ADDR" in error(
+        s3_doc(), {"REGISTRY_MOUNT_METRICS_ADDR": "all:9100"}
+    )

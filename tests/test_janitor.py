@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from s3fs_registry import metrics
 from s3fs_registry.janitor import Janitor
 from tests.conftest import MountFactory
 from tests.mounts import S3Server, wait_until
@@ -18,8 +19,15 @@ async def test_sweep_is_scoped_and_paginated(moto: S3Server) -> None:
     for key in [*inside, "other/k", "regsuffix/k"]:
         client.create_multipart_upload(Bucket=bucket, Key=key)
     janitor = Janitor(make_store(moto, bucket), "reg/", age=0.0, interval=3600)
+
+    def aborted() -> float:
+        labels = {"result": "aborted"}
+        return metrics.REGISTRY.get_sample_value("s3fs_registry_janitor_aborts_total", labels) or 0
+
+    before = aborted()
     assert await janitor.sweep() == 1005
     assert sorted(u["Key"] for u in moto.uploads(bucket)) == ["other/k", "regsuffix/k"]
+    assert aborted() == before + 1005, "every abort is counted"
 
 
 async def test_young_uploads_are_kept(rgw: S3Server) -> None:

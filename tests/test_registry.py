@@ -155,6 +155,17 @@ def test_chunked_upload_status_and_cancel(stack: Stack) -> None:
     assert not any("chunky/repo/_uploads/" in k for k in stack.mount.object_keys())
 
 
+def test_new_repository_keeps_its_directories_when_its_only_upload_goes(stack: Stack) -> None:
+    """The registry cancels the only upload of a new repository: `repo` and `repo/_uploads`
+    stay (SEMANTICS: mkdir), also after metadata_ttl, though S3 holds no key under them."""
+    client = stack.registry.client
+    client.cancel_upload(client.start_upload("fresh/repo"))
+    time.sleep(1.2)  # past metadata_ttl (1 s): the mount asks S3 again
+    repo = stack.mount.path / V2 / "repositories/fresh/repo"
+    assert os.path.isdir(repo / "_uploads") and os.listdir(repo) == ["_uploads"]
+    assert not [k for k in stack.mount.object_keys() if "fresh/repo" in k]
+
+
 def test_delete_and_garbage_collect(
     s3: S3Server, mount_factory: MountFactory, tmp_path: Path
 ) -> None:

@@ -34,7 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.cloudfront_standin import CloudFrontStandIn, make_self_signed_cert
 from tests.conftest import MountFactory
-from tests.mounts import REPO, Mount, S3Server, expect_errno, object_grants, s3_config
+from tests.mounts import (
+    REPO,
+    Mount,
+    S3Server,
+    expect_errno,
+    free_port,
+    object_grants,
+    s3_config,
+)
 from tests.s3proxy import S3Proxy
 from tests.test_cli import run
 from tests.test_resilience import TamperProxy
@@ -109,7 +117,9 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
     CloudFront middleware (a private key, signed URLs against a CloudFront stand-in), with
     S3 faults injected so that error paths log too; then `check`, and configuration errors
     that involve the secret. None of the output holds the secret key, a signature (SigV4,
-    CloudFront) or a line of the private key; nor do /proc/mounts and the command line."""
+    CloudFront) or a line of the private key; nor do /proc/mounts, the command line, the
+    Prometheus endpoint and `status`. The per-request DEBUG lines and the INFO line of a
+    failed request are among what was checked."""
     access, secret, bucket = own_credentials(s3)
     pem = rsa_key_pem()
     key_file = tmp_path / "cloudfront.pem"
@@ -125,13 +135,19 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
         secret_key=secret,
     ).start()
     try:
+        metrics_port = free_port()
         with S3Proxy(s3.endpoint) as proxy:
             mount = Mount(
                 tmp_path / "m",
                 s3,
                 bucket,
                 s3={"accesskey": access, "secretkey": secret, "chunksize": CHUNK},
-                mount={"log_level": "debug", "retry_attempts": 2, "retry_time": "2s"},
+                mount={
+                    "log_level": "debug",
+                    "retry_attempts": 2,
+                    "retry_time": "2s",
+                    "metrics_addr": str(metrics_port),
+                },
                 endpoint=proxy.url,
                 extra_config={
                     "middleware": {
@@ -170,6 +186,16 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
                 os.unlink(mnt / "big2")
                 with open("/proc/mounts") as f:
                     assert not leaks(f.read(), secrets)
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    exported = resp.read().decode()
+                assert "s3fs_registry_s3_failures_total" in exported
+                assert not leaks(exported, secrets)
+                for form in ((), ("--json",)):
+                    status = run_cli("status", *form, str(mnt))
+                    assert status.returncode == 0, status.stderr
+                    assert "AccessDenied" in status.stdout, status.stdout
+                    assert not leaks(status.stdout + status.stderr, secrets)
                 with open(f"/proc/{mount.proc.pid}/cmdline", "rb") as f:
                     assert secret.encode() not in f.read()
             finally:
@@ -177,6 +203,10 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
         log = mount.log()
         assert "DEBUG" in log, "debug logging was not on"
         assert not leaks(log, secrets), leaks(log, secrets)
+        requests = [line for line in log.splitlines() if "s3fs_registry.store: S3 " in line]
+        assert any("status=500" in line and "attempt=1" in line for line in requests)
+        assert any("size=" in line and "latency=" in line for line in requests)
+        assert any(" INFO " in line and "/denied" in line for line in requests), requests
         # the blob was read through CloudFront with signed URLs, so there were signatures
         # to leak
         assert any(200 <= status < 300 for _, _, status in standin.requests), standin.requests

@@ -65,6 +65,21 @@ def test_mkdir_p_and_nested_files(shared: Mount, d: Path) -> None:
     assert sorted(os.listdir(d / "a")) == ["b"]
 
 
+def test_emptied_directories_stay_at_every_level(shared: Mount, d: Path) -> None:
+    """Removing the last file under a/b leaves a and a/b, as on a local disk, also once
+    metadata_ttl has passed and S3 holds no key under either."""
+    subprocess.run(["mkdir", "-p", str(d / "a/b")], check=True)
+    (d / "a/b/f").write_text("x")
+    os.unlink(d / "a/b/f")
+    settle()
+    assert stat.S_ISDIR(os.stat(d / "a").st_mode)
+    assert stat.S_ISDIR(os.stat(d / "a/b").st_mode)
+    assert os.listdir(d / "a") == ["b"] and os.listdir(d / "a/b") == []
+    (d / "a/b").rmdir()
+    (d / "a").rmdir()
+    expect_errno(errno.ENOENT, os.stat, d / "a")
+
+
 def test_prefix_siblings_are_not_confused(shared: Mount, d: Path) -> None:
     base = shared.prefix + rel(shared, d)
     shared.server.put(shared.bucket, f"{base}/a/bc", b"bc")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
-from s3fs_registry import errors
+from s3fs_registry import errors, metrics, status
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
 from s3fs_registry.fs import fuse_errors
 from s3fs_registry.log import RedactingFilter
@@ -273,3 +275,157 @@ def test_link_cache_keeps_only_digest_links_by_etag() -> None:
     cache.put(rev, '"e3"', b"r")
     cache.put(index, '"e4"', b"i")  # over 2 entries: the least recently used goes
     assert cache.get(layer, '"e1"', 9) is None and cache.get(index, '"e4"', 1) == b"i"
+
+
+# -- metrics and status ------------------------------------------------------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_fuse_errors_counts_every_request_and_each_errno() -> None:
+    ops = sample("s3fs_registry_fuse_operations_total", operation="mkdir")
+    eexist = sample("s3fs_registry_fuse_errors_total", operation="mkdir", errno="EEXIST")
+    async with fuse_errors("mkdir"):
+        pass
+    with pytest.raises(pyfuse3.FUSEError):
+        async with fuse_errors("mkdir"):
+            raise errors.FsError(errno.EEXIST)
+    with pytest.raises(pyfuse3.FUSEError):
+        async with fuse_errors("mkdir"):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+    assert sample("s3fs_registry_fuse_operations_total", operation="mkdir") == ops + 3
+    assert (
+        sample("s3fs_registry_fuse_errors_total", operation="mkdir", errno="EEXIST") == eexist + 2
+    )
+
+
+def test_s3_attempts_are_counted_by_outcome_and_keep_the_last_error() -> None:
+    def count(name: str, outcome: str = "") -> float:
+        labels = {"operation": "HeadObject", **({"outcome": outcome} if outcome else {})}
+        return sample(name, **labels)
+
+    before = {
+        "ok": count("s3fs_registry_s3_requests_total", "ok"),
+        "nf": count("s3fs_registry_s3_requests_total", "not_found"),
+        "tr": count("s3fs_registry_s3_requests_total", "transient"),
+        "retries": count("s3fs_registry_s3_retries_total"),
+        "failed": count("s3fs_registry_s3_failures_total", "transient"),
+        "latency": count("s3fs_registry_s3_request_duration_seconds_count"),
+    }
+    assert metrics.s3_attempt("HeadObject", "k", 1, 0.01, None, True) == "ok"
+    metrics.RECENT.last_error = None
+    gone = errors.NotFoundError("HeadObject k: 404")
+    assert metrics.s3_attempt("HeadObject", "k", 1, 0.01, gone, True) == "not_found"
+    assert metrics.RECENT.last_error is None, "not found is an answer, not an error"
+    slow = errors.TransientError("HeadObject k: SlowDown")
+    assert metrics.s3_attempt("HeadObject", "k", 1, 0.2, slow, False) == "transient"
+    assert metrics.s3_attempt("HeadObject", "k", 2, 0.3, slow, True) == "transient"
+    last = metrics.RECENT.last_error
+    assert last is not None and last.attempt == 2 and last.final and "SlowDown" in last.message
+    assert count("s3fs_registry_s3_requests_total", "ok") == before["ok"] + 1
+    assert count("s3fs_registry_s3_requests_total", "not_found") == before["nf"] + 1
+    assert count("s3fs_registry_s3_requests_total", "transient") == before["tr"] + 2
+    assert count("s3fs_registry_s3_retries_total") == before["retries"] + 1
+    assert count("s3fs_registry_s3_failures_total", "transient") == before["failed"] + 1
+    assert count("s3fs_registry_s3_request_duration_seconds_count") == before["latency"] + 4
+    assert metrics.outcome_of(errors.CredentialsError("x")) == "denied"
+    assert metrics.outcome_of(errors.StoreError("x")) == "error"
+
+
+def test_recent_counts_per_minute_windows() -> None:
+    now = [1000 * 60.0]
+    recent = metrics.Recent(minutes=15, clock=lambda: now[0])
+    recent.add("requests", 5)
+    recent.add("errors")
+    now[0] += 4 * 60  # minute 4
+    recent.add("requests", 2)
+    now[0] += 11 * 60  # minute 15: minute 0 is out of the 15-minute window
+    recent.add("retries")
+    assert recent.totals(1) == {"requests": 0, "errors": 0, "retries": 1, "failures": 0}
+    assert recent.totals(15) == {"requests": 2, "errors": 0, "retries": 1, "failures": 0}
+    assert recent.since_start() == {"requests": 7, "errors": 1, "retries": 1, "failures": 0}
+    now[0] += 30 * 60
+    assert recent.totals(15)["requests"] == 0
+
+
+def test_cache_lookups_are_counted_where_the_namespace_decides() -> None:
+    now = [0.0]
+    ns = Namespace("", 1.0, 300.0, 1.0, clock=lambda: now[0])
+    node = ns.attach(ns.root, "f", Entry(False, 3))
+    hits = sample("s3fs_registry_cache_lookups_total", cache="attributes", result="hit")
+    misses = sample("s3fs_registry_cache_lookups_total", cache="attributes", result="miss")
+    assert ns.fresh(node)
+    now[0] = 2.0
+    assert not ns.fresh(node)
+    assert sample("s3fs_registry_cache_lookups_total", cache="attributes", result="hit") == hits + 1
+    assert (
+        sample("s3fs_registry_cache_lookups_total", cache="attributes", result="miss") == misses + 1
+    )
+    negative_hits = sample("s3fs_registry_cache_lookups_total", cache="negative", result="hit")
+    ns.set_negative("g")
+    assert ns.is_negative("g") and not ns.is_negative("h")
+    assert (
+        sample("s3fs_registry_cache_lookups_total", cache="negative", result="hit")
+        == negative_hits + 1
+    )
+
+
+def test_pool_waiting_counts_writers_that_wait() -> None:
+    async def main() -> None:
+        pool = Pool("part", 10)
+        await pool.take(10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.take, 5)
+            nursery.start_soon(pool.take, 5)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.waiting == 2
+            pool.give(10)
+        assert pool.waiting == 0 and pool.used == 10
+
+    trio.run(main)
+
+
+def test_control_socket_names() -> None:
+    assert status.socket_name("/var/lib/docker-registry") == "var-lib-docker-registry.sock"
+    assert status.socket_name("/mnt/with space/é") == "mnt-with%20space-%e9.sock"
+    long = status.socket_name("/" + "d" * 300)
+    assert len(long) <= 62 and long.endswith(".sock")
+    assert long != status.socket_name("/" + "d" * 299)
+
+
+def test_find_mount_reads_mountinfo(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        "98 22 0:50 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:1 - fuse.s3fs-registry "
+        "s3fs-registry:bucket/reg/ rw,user_id=1000,group_id=1000,default_permissions\n"
+    )
+    found = status.find_mount("/mnt/a b", str(info))
+    assert found == status.MountEntry("/mnt/a b", "fuse.s3fs-registry", 1000)
+    assert status.find_mount("/proc", str(info)) == status.MountEntry("/proc", "proc", -1)
+    assert status.find_mount("/mnt", str(info)) is None
+
+
+def test_status_report_is_summarised() -> None:
+    report = {
+        "version": "1.0", "pid": 42, "mountpoint": "/m", "endpoint": "http://s3:9000",
+        "bucket": "b", "prefix": "reg/", "cloudfront": "", "metrics": "127.0.0.1:9464",
+        "started": 0.0, "now": 3725.0,
+        "uploads": [{"key": "reg/x/data", "written": 12 * MiB, "stored": 10 * MiB, "parts": 2,
+                     "parts_in_flight": 1, "since": 3700.0}],
+        "memory": [{"pool": "part", "used": 16 * MiB, "limit": 300 * MiB, "waiting": 2}],
+        "spool": {"used": 0, "limit": GiB},
+        "requests": {w: {"requests": 10, "errors": 1, "retries": 1, "failures": 0}
+                     for w in ("1", "5", "15", "total")},
+        "last_error": {"when": 3600.0, "operation": "PutObject", "key": "reg/f", "attempt": 1,
+                       "message": "PutObject reg/f: SlowDown: slow", "final": False},
+    }  # fmt: skip
+    text = status.format_report(report)
+    assert text.startswith("s3fs-registry 1.0 on /m (pid 42), up 1h02m\n")
+    assert "  s3://b/reg/ at http://s3:9000" in text
+    assert "  metrics: http://127.0.0.1:9464/metrics" in text
+    assert "  x/data: 12.0 MiB written, 10.0 MiB in S3 (2 parts, 1 uploading), for 25s" in text
+    assert "memory: 16.0 MiB of 300.0 MiB in use (part 16.0 MiB/300.0 MiB); 2 writer(s)" in text
+    assert "last S3 error 2m05s ago (attempt 1, retried): PutObject reg/f: SlowDown" in text

@@ -128,6 +128,7 @@ class MountConfig:
     retry_time: float = 60.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    metrics_addr: str = ""
 
 
 @dataclass(frozen=True)

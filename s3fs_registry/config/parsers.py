@@ -8,6 +8,7 @@ raises `Invalid` with the registry's own error text where it has one.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 import re
 import urllib.parse
@@ -343,3 +344,38 @@ def _ca_bundle(value: Any, _warnings: list[str]) -> str:
     except ValueError:
         raise _Invalid(f"cabundle file {value} holds no PEM certificate") from None
     return value
+
+
+_LISTEN_USAGE = (
+    "PORT, :PORT (both 127.0.0.1), IPv4:PORT or [IPv6]:PORT, PORT 1..65535; "
+    "0.0.0.0:PORT or [::]:PORT for every interface"
+)
+
+
+def _listen_address(value: Any, _warnings: list[str]) -> str:
+    """A TCP address to listen on, normalised to `host:port`; "" is off. Without a host it
+    is the loopback address: all interfaces only when the operator writes them."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _Invalid(f"must be {_LISTEN_USAGE}; got {_show(value)}")
+    text = value.strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = "127.0.0.1" if host in ("", "localhost") else host
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        address = None
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        address is None
+        or bracketed != (address.version == 6)
+        or not re.fullmatch(r"[0-9]{1,5}", port)
+        or not 1 <= int(port) <= 65535
+    ):
+        raise _Invalid(f"must be {_LISTEN_USAGE}; got {_show(value)}")
+    return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"

@@ -24,6 +24,7 @@ from s3fs_registry.config.parsers import (
     _int_range,
     _ip_filter,
     _key_pair_id,
+    _listen_address,
     _mode,
     _object_acl,
     _private_key,
@@ -260,6 +261,12 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             show=_doc_seconds),
     Setting("read_timeout", _POSITIVE, "duration > 0",
             "Timeout waiting for response bytes from S3.", show=_doc_seconds),
+    Setting("metrics_addr", _listen_address,
+            "`PORT`, `:PORT`, `IPv4:PORT`, `[IPv6]:PORT`; empty is off",
+            "Serve Prometheus metrics at `http://ADDR/metrics`. Without an address the port is "
+            "bound on 127.0.0.1 only; every interface only when written out (`0.0.0.0:PORT`, "
+            "`[::]:PORT`). A port that cannot be bound stops the daemon at start.",
+            env="string", show=_doc_plain),
 )  # fmt: skip
 
 
