@@ -50,6 +50,11 @@ class Sizes:
     rss_writers: int  # (12) concurrent writers ...
     rss_size: int  # ... of this many bytes each
     timeout: float  # seconds one timed step may take before it counts as failed
+    fsync_writes: tuple[int, ...] = (256 * MiB, GiB)  # (14a) (14b) dd conv=fsync
+    small_image_layers: tuple[int, ...] = tuple(n * MiB for n in (96, 64, 32, 8))  # (15)
+    meta_repos: tuple[int, ...] = (100, 1000)  # (16) repositories of 2 tags each ...
+    meta_tag_lists: int = 50  # ... tags/list of this many of them ...
+    meta_deletes: int = 20  # ... and this many manifests deleted
 
 
 FULL = Sizes(
@@ -90,6 +95,11 @@ QUICK = Sizes(
     rss_writers=8,
     rss_size=32 * MiB,
     timeout=120.0,
+    fsync_writes=(8 * MiB, 32 * MiB),
+    small_image_layers=tuple(n * MiB for n in (8, 4, 2, 1)),
+    meta_repos=(20,),
+    meta_tag_lists=10,
+    meta_deletes=5,
 )
 
 
@@ -102,7 +112,7 @@ class Sample:
     """
 
     backend: str
-    delay_ms: int
+    delay_ms: int  # half the link's round trip (before the link model: the delay each way)
     run: int
     workload: str
     system: str
@@ -115,6 +125,10 @@ class Sample:
     rss_other: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    link: str = ""  # LinkShape.key ("0", "20/20"); "" in results from before the link model
+    serial: int | None = None  # serial round trips of the step's requests
+    cpu_s: float | None = None  # CPU seconds of the daemon (native: the registry) in the step
+    cpu_other: dict[str, float] = dataclasses.field(default_factory=dict)  # registry, proxy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +238,16 @@ def reset_hwm(pid: int) -> None:
         f.write("5")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process (all its threads) has used, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drop_caches() -> bool:
     """Drop the kernel page cache (root only), so a read really goes to the daemon."""
     try:
@@ -316,16 +340,31 @@ class ZeroStream:
     """A read-only stream of ``size`` zero bytes, what ``dd if=/dev/zero`` writes."""
 
     def __init__(self, size: int) -> None:
-        self.left = size
+        self.size = size
+        self.pos = 0
         self._zeros: dict[int, bytes] = {}
 
     def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self.left:
-            n = self.left
-        self.left -= n
+        left = self.size - self.pos
+        if n < 0 or n > left:
+            n = left
+        self.pos += n
         if n not in self._zeros:
             self._zeros[n] = bytes(n)
         return self._zeros[n]
+
+
+class ZeroFile(ZeroStream):
+    """The same stream, seekable: botocore sends it as one PutObject body (its length from
+    seek and tell) and can rewind it for a retry."""
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
 def upload_zeros(client: Any, bucket: str, key: str, size: int) -> None:

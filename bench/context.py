@@ -1,9 +1,10 @@
 """What a workload needs to measure one system: buckets, mounts, the proxy, the timer.
 
-One ``Ctx`` exists per (backend, delay, run). Workloads call ``measure`` for file-system
-steps and ``boto3`` for the raw-boto3 reference, so that every number is taken the same
-way: the proxy's request count is reset just before the timed step and read just after,
-and the daemon's peak RSS is reset just before it.
+One ``Ctx`` exists per (backend, link shape, run). Workloads call ``measure`` for
+file-system and registry steps and ``reference`` (or ``boto3``) for the boto3 clients, so
+that every number is taken the same way: the proxy's request count is reset just before the
+timed step and read just after (with the serial round trips and the proxy's own CPU), the
+daemon's peak RSS is reset just before it, and its CPU seconds are read on both sides.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import sys
 import time
 import uuid
@@ -26,14 +28,23 @@ from bench.common import (
     Endpoint,
     Sample,
     Sizes,
+    cpu_seconds,
     delete_bucket,
     last_line,
     reset_hwm,
     run_cmd,
 )
+from bench.link import LinkShape
 from bench.systems import Mounted, Mounter
 from tests.mounts import S3Server
 from tests.registry import ImageInfo, SkopeoError
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children: the client commands of a step
+    (dd, cp, skopeo, garbage-collect), in the JSON as ``cpu_other.client``."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reason(e: BaseException) -> str:
@@ -56,9 +67,25 @@ _SCRATCH = re.compile(r"/\S*/mnt/")
 class Proxy(Protocol):
     url: str
 
-    def reset(self) -> None: ...
+    def reset(self) -> dict[str, Any]: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    def dump(self, path: Path) -> None: ...
+
+
+#: the rawboto operation of each boto3 client for each kind of transfer (bench/rawboto.py)
+REFERENCE_OPS: dict[str, dict[str, str]] = {
+    "boto3": {"put": "put", "put-file": "put-file", "get": "get", "get-file": "get-file"},
+    "boto3-tm": {
+        "put": "tm-put",
+        "put-file": "tm-put-file",
+        "get": "tm-get",
+        "get-file": "tm-get-file",
+    },
+    "boto3-get": {"put": "put1", "put-file": "put1-file", "get": "get1", "get-file": "get1-file"},
+}
+REFERENCES = tuple(REFERENCE_OPS)
 
 
 @dataclasses.dataclass
@@ -69,12 +96,14 @@ class LocalData:
     image_dir: Path  # (9) OCI layout of the pushed image
     image: ImageInfo
     chunked: bytes  # (10) the blob uploaded in PATCHes
+    small_image_dir: Path  # (15) OCI layout of the ~200 MiB image
+    small_image: ImageInfo
 
 
 @dataclasses.dataclass
 class Ctx:
     backend: str
-    delay_ms: int
+    link: LinkShape
     run: int
     sizes: Sizes
     server: S3Server
@@ -85,11 +114,33 @@ class Ctx:
     workdir: Path
     ro_bucket: str  # read-only inputs of (2), (3 out), (5), (8 readers)
     data: LocalData
+    trace_dir: Path | None = None  # --trace: every step's requests are dumped here
     _t0: float = 0.0
     _marks: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    @property
+    def delay_ms(self) -> int:
+        return round(self.link.rtt_ms / 2)
+
     def sample(self, workload: str, system: str, **fields: Any) -> Sample:
-        return Sample(self.backend, self.delay_ms, self.run, workload, system, **fields)
+        return Sample(
+            self.backend, self.delay_ms, self.run, workload, system, link=self.link.key, **fields
+        )
+
+    def counted(self, sample: Sample, stats: dict[str, Any], before: dict[str, Any]) -> Sample:
+        """Put the proxy's counts since ``before`` (its answer to the reset) on ``sample``."""
+        sample.requests = stats.get("requests")
+        sample.by_method = stats.get("by_method", {})
+        sample.serial = stats.get("serial")
+        if "cpu_s" in stats and "cpu_s" in before:
+            sample.cpu_other["proxy"] = stats["cpu_s"] - before["cpu_s"]
+            sample.extra["proxy_bytes"] = stats.get("bytes_in", 0) + stats.get("bytes_out", 0)
+            sample.extra["connections"] = stats.get("connections")
+        if self.trace_dir is not None and stats:
+            self.trace_dir.mkdir(parents=True, exist_ok=True)
+            name = f"{self.backend}-{self.link.key.replace('/', '_')}-{sample.workload}"
+            self.proxy.dump(self.trace_dir / f"{name}-{sample.system}-r{self.run}.json")
+        return sample
 
     @contextlib.contextmanager
     def bucket(self, system: str, workload: str) -> Iterator[str]:
@@ -141,29 +192,55 @@ class Ctx:
         amount: float,
         unit: str = "B",
         fs: Mounted | None = None,
-        pids: Sequence[int] = (),
+        pids: dict[str, int] | None = None,
     ) -> Sample:
-        """Time ``fn`` with requests counted and the peak RSS of ``fs`` (and ``pids``)."""
-        watched = ([fs.pid] if fs else []) + list(pids)
-        self.proxy.reset()
-        for pid in watched:
+        """Time ``fn`` with requests counted, the peak RSS of ``fs`` and the CPU seconds of
+        its daemon and of ``pids`` (by name; ``cpu_s`` is the daemon's, or without ``fs``
+        the first of ``pids``)."""
+        watched = {"daemon": fs.pid} if fs else {}
+        watched.update(pids or {})
+        before = self.proxy.reset()
+        for pid in watched.values():
             reset_hwm(pid)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        children0 = _children_cpu()
         self._marks = {}
         self._t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - self._t0
-        stats = self.proxy.stats()
-        return self.sample(
+        cpu = {"client": _children_cpu() - children0}
+        for name, pid in watched.items():
+            now, then = cpu_seconds(pid), cpu0[name]
+            if now is not None and then is not None:
+                cpu[name] = now - then
+        sample = self.sample(
             workload,
             system,
             seconds=seconds,
             amount=amount,
             unit=unit,
-            requests=stats.get("requests"),
-            by_method=stats.get("by_method", {}),
             rss=fs.rss() if fs else None,
             extra=dict(self._marks),
         )
+        first = next(iter(watched), None)
+        sample.cpu_s = cpu.pop(first, None) if first else None
+        sample.cpu_other.update(cpu)
+        return self.counted(sample, self.proxy.stats(), before)
+
+    def reference(
+        self,
+        workload: str,
+        system: str,
+        kind: str,
+        keys: Sequence[str],
+        *,
+        bucket: str,
+        amount: float,
+        **opts: Any,
+    ) -> Sample:
+        """The boto3 client ``system`` doing transfer ``kind`` (put, put-file, get, get-file)."""
+        op = REFERENCE_OPS[system][kind]
+        return self.boto3(workload, op, keys, bucket=bucket, amount=amount, system=system, **opts)
 
     def mark(self, name: str) -> None:
         """Note how long the timed step has run so far (e.g. until close() returned)."""
@@ -190,20 +267,20 @@ class Ctx:
         env.update(
             BENCH_ACCESS_KEY=self.endpoint.access_key, BENCH_SECRET_KEY=self.endpoint.secret_key
         )
-        self.proxy.reset()
+        before = self.proxy.reset()
         out = run_cmd(argv, self.sizes.timeout, env=env, cwd=REPO)
         stats = self.proxy.stats()
         try:
             result = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise BenchError(f"rawboto printed no result: {out[-200:]!r}") from None
-        return self.sample(
+        sample = self.sample(
             workload,
             system,
             seconds=float(result["seconds"]),
             amount=amount,
             unit=unit,
-            requests=stats.get("requests"),
-            by_method=stats.get("by_method", {}),
             rss=result.get("rss"),
+            cpu_s=result.get("cpu"),
         )
+        return self.counted(sample, stats, before)

@@ -1,4 +1,4 @@
-"""Workloads 1-8 and 12: file operations through each mount, and their raw-boto3 twins.
+"""Workloads 1-8 and 12-14: file operations through each mount, and their boto3 twins.
 
 Each ``wN`` function appends the samples of one run of workload N on one system to
 ``out``. Writes are timed until S3 has the object (``wait_objects``), so a system that
@@ -9,6 +9,7 @@ backend's read-only bucket, made once (``make_ro_bucket``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -29,7 +30,7 @@ from bench.common import (
     wait_gone,
     wait_objects,
 )
-from bench.context import Ctx
+from bench.context import REFERENCES, Ctx
 from bench.systems import Mounted
 
 SMALL_DIR = "small"
@@ -66,8 +67,10 @@ def w1_write(ctx: Ctx, system: str, out: list[Sample]) -> None:
     """Sequential write of one file with dd bs=1M, close included."""
     size, t = ctx.sizes.seq, ctx.sizes.timeout
     with ctx.bucket(system, "1") as bucket:
-        if system == "boto3":
-            out.append(ctx.boto3("1", "put", ["seq"], bucket=bucket, amount=size, size=size))
+        if system in REFERENCES:
+            out.append(
+                ctx.reference("1", system, "put", ["seq"], bucket=bucket, amount=size, size=size)
+            )
             return
         with ctx.mounted(system, bucket, out) as fs:
 
@@ -82,8 +85,8 @@ def w1_write(ctx: Ctx, system: str, out: list[Sample]) -> None:
 def w2_read(ctx: Ctx, system: str, out: list[Sample]) -> None:
     """Cold sequential read of the file of (1)."""
     size, t = ctx.sizes.seq, ctx.sizes.timeout
-    if system == "boto3":
-        out.append(ctx.boto3("2", "get", ["seq"], bucket=ctx.ro_bucket, amount=size))
+    if system in REFERENCES:
+        out.append(ctx.reference("2", system, "get", ["seq"], bucket=ctx.ro_bucket, amount=size))
         return
     with ctx.mounted(system, ctx.ro_bucket, out) as fs:
         drop_caches()
@@ -103,8 +106,11 @@ def w3_cp(ctx: Ctx, system: str, out: list[Sample]) -> None:
 def _cp_in(ctx: Ctx, system: str, out: list[Sample]) -> None:
     size, t, src = ctx.sizes.cp, ctx.sizes.timeout, ctx.data.cp_src
     with ctx.bucket(system, "3") as bucket:
-        if system == "boto3":
-            out.append(ctx.boto3("3in", "put-file", ["cp"], bucket=bucket, amount=size, file=src))
+        if system in REFERENCES:
+            ref = ctx.reference(
+                "3in", system, "put-file", ["cp"], bucket=bucket, amount=size, file=src
+            )
+            out.append(ref)
             return
         with ctx.mounted(system, bucket, out) as fs:
 
@@ -117,17 +123,29 @@ def _cp_in(ctx: Ctx, system: str, out: list[Sample]) -> None:
 
 
 def _cp_out(ctx: Ctx, system: str, out: list[Sample]) -> None:
-    size, t = ctx.sizes.cp, ctx.sizes.timeout
+    _cold_cp(ctx, system, out, "3out", "cp", ctx.sizes.cp)
+
+
+def w13_cp_read(ctx: Ctx, system: str, out: list[Sample]) -> None:
+    """Cold sequential read of the 1 GiB file of (2) by cp to local disk."""
+    _cold_cp(ctx, system, out, "13", "seq", ctx.sizes.seq)
+
+
+def _cold_cp(ctx: Ctx, system: str, out: list[Sample], wl: str, key: str, size: int) -> None:
+    """cp of a read-only object out of a fresh mount to local disk (the reference clients
+    download it to a local file)."""
+    t = ctx.sizes.timeout
     dst = ctx.workdir / f"cp-out-{system}"
     try:
-        if system == "boto3":
+        if system in REFERENCES:
             ro = ctx.ro_bucket
-            out.append(ctx.boto3("3out", "get-file", ["cp"], bucket=ro, amount=size, file=dst))
+            ref = ctx.reference(wl, system, "get-file", [key], bucket=ro, amount=size, file=dst)
+            out.append(ref)
             return
         with ctx.mounted(system, ctx.ro_bucket, out) as fs:
             drop_caches()
-            step = lambda: run_cmd(["cp", str(fs.path / "cp"), str(dst)], t)  # noqa: E731
-            out.append(ctx.measure("3out", system, step, amount=size, fs=fs))
+            step = lambda: run_cmd(["cp", str(fs.path / key), str(dst)], t)  # noqa: E731
+            out.append(ctx.measure(wl, system, step, amount=size, fs=fs))
     finally:
         dst.unlink(missing_ok=True)
 
@@ -272,8 +290,11 @@ def _par_writers(ctx: Ctx, system: str, out: list[Sample]) -> None:
     n, size = ctx.sizes.par_count, ctx.sizes.par_size
     keys = [f"w{i}" for i in range(n)]
     with ctx.bucket(system, "8") as bucket:
-        if system == "boto3":
-            out.append(ctx.boto3("8w", "put", keys, bucket=bucket, amount=n * size, size=size))
+        if system in REFERENCES:
+            amount = n * size
+            out.append(
+                ctx.reference("8w", system, "put", keys, bucket=bucket, amount=amount, size=size)
+            )
             return
         with ctx.mounted(system, bucket, out) as fs:
             out.append(_parallel_writes(ctx, "8w", system, fs, bucket, keys, size))
@@ -282,8 +303,9 @@ def _par_writers(ctx: Ctx, system: str, out: list[Sample]) -> None:
 def _par_readers(ctx: Ctx, system: str, out: list[Sample]) -> None:
     n, size, t = ctx.sizes.par_count, ctx.sizes.par_size, ctx.sizes.timeout
     keys = [f"r{i}" for i in range(n)]
-    if system == "boto3":
-        out.append(ctx.boto3("8r", "get", keys, bucket=ctx.ro_bucket, amount=n * size))
+    if system in REFERENCES:
+        ro = ctx.ro_bucket
+        out.append(ctx.reference("8r", system, "get", keys, bucket=ro, amount=n * size))
         return
     with ctx.mounted(system, ctx.ro_bucket, out) as fs:
         drop_caches()
@@ -301,6 +323,32 @@ def w12_memory(ctx: Ctx, system: str, out: list[Sample]) -> None:
             return
         with ctx.mounted(system, bucket, out) as fs:
             out.append(_parallel_writes(ctx, "12", system, fs, bucket, keys, size))
+
+
+def w14_fsync_writes(ctx: Ctx, system: str, out: list[Sample]) -> None:
+    """Sequential writes of each size in ``fsync_writes`` with ``dd conv=fsync``: (14a), (14b)."""
+    for i, size in enumerate(ctx.sizes.fsync_writes):
+        wl = f"14{'abcdefgh'[i]}"
+        ctx.attempt(wl, system, out, functools.partial(_fsync_write, ctx, system, out, wl, size))
+
+
+def _fsync_write(ctx: Ctx, system: str, out: list[Sample], wl: str, size: int) -> None:
+    t = ctx.sizes.timeout
+    with ctx.bucket(system, wl) as bucket:
+        if system in REFERENCES:
+            out.append(
+                ctx.reference(wl, system, "put", ["w"], bucket=bucket, amount=size, size=size)
+            )
+            return
+        with ctx.mounted(system, bucket, out) as fs:
+            argv = [*_dd_write(fs.path / "w", size), "conv=fsync"]
+
+            def step() -> None:
+                run_cmd(argv, t)
+                ctx.mark("returned_s")
+                wait_objects(ctx.direct, bucket, {"w": size}, t)
+
+            out.append(ctx.measure(wl, system, step, amount=size, fs=fs))
 
 
 def _parallel_writes(

@@ -20,6 +20,21 @@ Operations (the reference for workload N in brackets):
                                then DeleteObject  [6]
 * ``append KEY --size N``      a multipart upload whose first part is UploadPartCopy of
                                the existing object and the rest N new bytes  [7]
+
+``boto3-tm``, the client most programs use: one s3transfer ``TransferManager`` with its
+defaults (``TransferConfig()``: 8 MiB parts and ranges, 10 threads), all keys on it at once:
+
+* ``tm-put KEY... --size N``   ``upload`` of N zero bytes per key  [1, 8, 14]
+* ``tm-put-file KEY --file F`` ``upload`` of a local file (what ``upload_file`` does)  [3 in]
+* ``tm-get KEY...``            ``download`` into a seekable sink that drops the bytes  [2, 8]
+* ``tm-get-file KEY --file F`` ``download`` to a local file (``download_file``)  [3 out, 13]
+
+``boto3-get``, the naive client: one request per object, streamed:
+
+* ``put1 KEY... --size N``     one PutObject of N zero bytes per key, all keys at once
+* ``put1-file KEY --file F``   one PutObject of a local file
+* ``get1 KEY...``              one GET per key, all at once, read in 1 MiB pieces, dropped
+* ``get1-file KEY --file F``   one GET written to a local file
 """
 
 from __future__ import annotations
@@ -33,9 +48,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
 from bench.common import (
     Endpoint,
     MiB,
+    ZeroFile,
     ZeroStream,
     reset_hwm,
     s3_client,
@@ -43,6 +61,10 @@ from bench.common import (
     vm_hwm,
 )
 
+OPS = [
+    *("put", "put-file", "get", "get-file", "small", "list", "copy", "mpcopy", "append"),
+    *("tm-put", "tm-put-file", "tm-get", "tm-get-file", "put1", "put1-file", "get1", "get1-file"),
+]
 RANGE = 10 * MiB
 COPY_PART = 32 * MiB
 COPY_CONCURRENCY = 16
@@ -152,6 +174,74 @@ def op_append(s3: Any, bucket: str, key: str, size: int) -> None:
     )
 
 
+# ------------------------------------------------------------------ boto3-tm, boto3-get
+
+
+class _Sink:
+    """A seekable file that drops what is written (TransferManager's download target)."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+    def write(self, data: bytes) -> int:
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.pos = offset if whence == os.SEEK_SET else self.pos + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _manager(s3: Any) -> Any:
+    """s3transfer's TransferManager with its defaults (never the CRT client)."""
+    return create_transfer_manager(s3, TransferConfig(preferred_transfer_client="classic"))
+
+
+def op_tm(s3: Any, bucket: str, keys: list[str], *, get: bool, size: int, path: str) -> None:
+    """All keys on one TransferManager at once: uploads of zeros or of ``path``, downloads
+    to a sink or to ``path``."""
+    with _manager(s3) as mgr:
+        futures = []
+        for key in keys:
+            if get:
+                futures.append(mgr.download(bucket, key, path or _Sink()))
+            else:
+                futures.append(mgr.upload(path or ZeroStream(size), bucket, key))
+        for future in futures:
+            future.result()
+
+
+def op_get1(s3: Any, bucket: str, keys: list[str], path: str) -> int:
+    def one(key: str) -> int:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        n = 0
+        with open(path or os.devnull, "wb") as f:
+            while chunk := body.read(MiB):
+                n += len(chunk)
+                if path:
+                    f.write(chunk)
+        return n
+
+    return sum(_each(one, keys))
+
+
+def op_put1(s3: Any, bucket: str, keys: list[str], size: int, path: str) -> None:
+    def one(key: str) -> None:
+        if path:
+            with open(path, "rb") as f:
+                s3.put_object(Bucket=bucket, Key=key, Body=f)
+        else:
+            s3.put_object(Bucket=bucket, Key=key, Body=ZeroFile(size), ContentLength=size)
+
+    _each(one, keys)
+
+
 def _each(fn: Callable[[str], Any], keys: list[str]) -> list[Any]:
     """``fn`` for every key at the same time (concurrent writers / readers)."""
     if len(keys) == 1:
@@ -172,16 +262,21 @@ def _dispatch(args: argparse.Namespace, s3: Any) -> Any:
         "copy": lambda: op_copy(s3, b, args.keys[0], args.keys[1]),
         "mpcopy": lambda: op_mpcopy(s3, b, args.keys[0], args.keys[1]),
         "append": lambda: op_append(s3, b, args.keys[0], args.size),
+        "tm-put": lambda: op_tm(s3, b, args.keys, get=False, size=args.size, path=""),
+        "tm-put-file": lambda: op_tm(s3, b, args.keys, get=False, size=0, path=args.file),
+        "tm-get": lambda: op_tm(s3, b, args.keys, get=True, size=0, path=""),
+        "tm-get-file": lambda: op_tm(s3, b, args.keys, get=True, size=0, path=args.file),
+        "put1": lambda: op_put1(s3, b, args.keys, args.size, ""),
+        "put1-file": lambda: op_put1(s3, b, args.keys, 0, args.file),
+        "get1": lambda: op_get1(s3, b, args.keys, ""),
+        "get1-file": lambda: op_get1(s3, b, args.keys, args.file),
     }
     return table[args.op]()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument(
-        "op",
-        choices=["put", "put-file", "get", "get-file", "small", "list", "copy", "mpcopy", "append"],
-    )
+    ap.add_argument("op", choices=OPS)
     ap.add_argument("keys", nargs="*")
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--bucket", required=True)
@@ -193,10 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     ep = Endpoint(args.endpoint, os.environ["BENCH_ACCESS_KEY"], os.environ["BENCH_SECRET_KEY"])
     s3 = s3_client(ep, pool=64)
     reset_hwm(os.getpid())
+    cpu0 = os.times()
     t0 = time.perf_counter()
     result = _dispatch(args, s3)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "rss": vm_hwm(os.getpid()), "result": result}))
+    cpu1 = os.times()
+    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    rss = vm_hwm(os.getpid())
+    print(json.dumps({"seconds": seconds, "rss": rss, "cpu": cpu, "result": result}))
     return 0
 
 

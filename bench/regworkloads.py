@@ -1,7 +1,8 @@
-"""Workloads 9, 10 and 11: the real registry, on each mount and with its native S3 driver.
+"""Workloads 9, 10, 11 and 15: the real registry, on each mount and with its native S3 driver.
 
 * (9) ``skopeo copy`` push of a multi-layer OCI image, then a cold pull (fresh mount, page
-  cache dropped, fresh registry process) to a local ``dir:``.
+  cache dropped, fresh registry process) to a local ``dir:``; (15) the same with the
+  ~200 MiB image (layers of 96, 64, 32 and 8 MiB).
 * (11) the S3 requests of that push and that pull, counted by the proxy. The push count
   is read after the registry stopped and the file system was unmounted, so uploads a
   daemon deferred past close() are included.
@@ -21,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from bench.common import Sample, drop_caches, vm_hwm
 from bench.context import Ctx
 from bench.systems import Mounted
-from tests.registry import Registry, skopeo_copy
+from tests.registry import ImageInfo, Registry, skopeo_copy
 
 REPO_NAME = "bench/image"
 
@@ -75,23 +77,35 @@ def _running(reg: Registry) -> Iterator[Registry]:
 
 
 def w9_push_pull(ctx: Ctx, system: str, out: list[Sample]) -> None:
-    """(9) push and cold pull timed; (11) their S3 requests."""
-    amount = float(sum(ctx.data.image.layer_sizes))
+    """(9) push and cold pull of the ~1 GiB image timed; (11) their S3 requests."""
+    _push_pull(ctx, system, out, "9", ctx.data.image_dir, ctx.data.image)
+
+
+def w15_small_image(ctx: Ctx, system: str, out: list[Sample]) -> None:
+    """(15) push and cold pull of the ~200 MiB image (requests and serial round trips are
+    in the rows)."""
+    _push_pull(ctx, system, out, "15", ctx.data.small_image_dir, ctx.data.small_image)
+
+
+def _push_pull(
+    ctx: Ctx, system: str, out: list[Sample], wl: str, image_dir: Path, image: ImageInfo
+) -> None:
+    amount = float(sum(image.layer_sizes))
     timeout = ctx.sizes.timeout
     dest = ctx.workdir / f"pulled-{system}"
 
     def push(reg: Registry) -> object:
-        src = f"oci:{ctx.data.image_dir}"
+        src = f"oci:{image_dir}"
         return skopeo_copy(src, f"docker://{reg.netloc}/{REPO_NAME}:v1", timeout=timeout)
 
     def pull(reg: Registry) -> object:
         shutil.rmtree(dest, ignore_errors=True)
         return skopeo_copy(f"docker://{reg.netloc}/{REPO_NAME}:v1", f"dir:{dest}", timeout=timeout)
 
-    with ctx.bucket(system, "9") as bucket:
+    with ctx.bucket(system, wl) as bucket:
         try:
-            _step(ctx, system, bucket, out, "push", push, amount)
-            _step(ctx, system, bucket, out, "pull", pull, amount)
+            _step(ctx, system, bucket, out, f"{wl}push", push, amount)
+            _step(ctx, system, bucket, out, f"{wl}pull", pull, amount)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
 
@@ -119,13 +133,13 @@ def _step(
 ) -> None:
     """Run one registry action on a fresh registry (and mount); sample time and requests.
 
-    ``name`` is ``push``/``pull`` (samples 9<name> and 11<name>) or ``10``. An exception
-    propagates: the runner records the missing samples as failed (a pull after a failed
-    push is then never attempted).
+    ``name`` is ``9push``/``9pull`` (samples 9<x> and 11<x>), ``15push``/``15pull`` or
+    ``10``. An exception propagates: the runner records the missing samples as failed (a
+    pull after a failed push is then never attempted).
     """
-    wl = f"9{name}" if name in ("push", "pull") else name
+    wl = name
     mine: list[Sample] = []
-    with registry_on(ctx, system, bucket, mine, cold=name == "pull") as (reg, fs):
+    with registry_on(ctx, system, bucket, mine, cold=name.endswith("pull")) as (reg, fs):
         assert reg.proc is not None
 
         def step() -> None:
@@ -134,7 +148,8 @@ def _step(
                 ctx.mark("returned_s")
                 fs.settle(ctx.sizes.timeout)
 
-        sample = ctx.measure(wl, system, step, amount=amount, fs=fs, pids=[reg.proc.pid])
+        pids = {"registry": reg.proc.pid}
+        sample = ctx.measure(wl, system, step, amount=amount, fs=fs, pids=pids)
         registry_rss = vm_hwm(reg.proc.pid)
         if registry_rss is not None:
             sample.rss_other["registry"] = registry_rss
@@ -145,16 +160,18 @@ def _step(
     if stats:
         sample.requests = stats.get("requests")
         sample.by_method = stats.get("by_method", {})
+        sample.serial = stats.get("serial")
     out.append(sample)
-    if name in ("push", "pull"):
+    if name in ("9push", "9pull"):
         counted = ctx.sample(
-            f"11{name}",
+            f"11{name[1:]}",
             system,
             amount=float(sample.requests or 0),
             unit="req",
             requests=sample.requests,
             by_method=dict(sample.by_method),
             error=sample.error,
+            serial=sample.serial,
         )
         if not stats:
             counted.error = "not counted (--direct: no proxy)"

@@ -1,9 +1,11 @@
-"""From samples to the table: medians, ratios, peak RSS, and the issue's targets.
+"""From samples to the table: medians, ratios, peak RSS, CPU, and the issues' targets.
 
 Ratios are speed ratios computed from median times of the same amount of work:
-``x boto3 = boto3 seconds / system seconds``, so 1.00 means as fast as raw boto3 and 2.00
-twice as fast; the same for ``x s3fs`` and ``x native``. Workload 11 is a request count,
-where ``x native = system requests / native requests`` (lower is better).
+``x boto3 = boto3 seconds / system seconds``, so 1.00 means as fast as raw boto3 (parallel
+ranged GETs / multipart) and 2.00 twice as fast; the same for ``x tm`` (boto3's
+TransferManager), ``x get`` (one plain GET or PutObject), ``x s3fs`` and ``x native``.
+Workload 11 is a request count, where ``x native = system requests / native requests``
+(lower is better).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import dataclasses
 import statistics
 from collections.abc import Iterable, Sequence
 
-from bench.common import MiB, Sample
+from bench.common import GiB, MiB, Sample
+from bench.link import LinkShape
 
 TITLES: dict[str, str] = {
     "1": "(1) sequential write, dd bs=1M, close included",
-    "2": "(2) cold sequential read, dd bs=1M",
+    "14a": "(14a) sequential write of 256 MiB, dd bs=1M conv=fsync",
+    "14b": "(14b) sequential write of 1 GiB, dd bs=1M conv=fsync",
+    "2": "(2) cold sequential read of 1 GiB, dd bs=1M",
+    "13": "(13) cold sequential read of 1 GiB, cp to local disk",
     "3in": "(3) cp into the mount",
     "3out": "(3) cp out of the mount (cold)",
     "4": "(4) small files created (~100 B each)",
@@ -24,31 +30,82 @@ TITLES: dict[str, str] = {
     "5find": "(5) find over the tree (cold)",
     "6": "(6) rename of a large file",
     "7": "(7) append to an existing file",
-    "8w": "(8) concurrent writers",
-    "8r": "(8) concurrent readers (cold)",
-    "9push": "(9) registry: skopeo push",
-    "9pull": "(9) registry: skopeo pull (cold)",
+    "8w": "(8) 4 concurrent writers",
+    "8r": "(8) 4 concurrent readers of 4 files (cold), aggregate",
+    "15push": "(15) registry: skopeo push of the ~200 MiB image",
+    "15pull": "(15) registry: skopeo pull of the ~200 MiB image (cold)",
+    "9push": "(9) registry: skopeo push of the ~1 GiB image",
+    "9pull": "(9) registry: skopeo pull of the ~1 GiB image (cold)",
     "10": "(10) registry: chunked upload in PATCHes",
-    "11push": "(11) S3 requests of one push",
-    "11pull": "(11) S3 requests of one pull",
+    "11push": "(11) S3 requests of one push of (9)",
+    "11pull": "(11) S3 requests of one pull of (9)",
     "12": "(12) concurrent large writers: peak RSS",
 }
-WORKLOAD_ORDER = list(TITLES)
+META_TITLES = {
+    "catalog": "GET /v2/_catalog, all pages",
+    "tags": "tags/list of 50 repositories (--quick: 10)",
+    "gcdry": "garbage-collect --dry-run",
+    "delete": "DELETE of 20 manifests (--quick: 5)",
+    "gc": "garbage-collect after the deletes",
+}
 SYSTEM_ORDER = [
     "mount",
     "s3fs",
     "rclone-off",
     "rclone-writes",
     "boto3",
+    "boto3-tm",
+    "boto3-get",
     "boto3-copy",
     "native",
 ]
+#: ratio columns: header -> reference system
+RATIOS = {
+    "x boto3": "boto3",
+    "x tm": "boto3-tm",
+    "x get": "boto3-get",
+    "x s3fs": "s3fs",
+    "x native": "native",
+}
+
+Key = tuple[str, str, str, str]  # backend, link key, workload, system
+
+
+def title(workload: str) -> str:
+    if workload in TITLES:
+        return TITLES[workload]
+    n, _, phase = workload[1:].partition("-")
+    if workload.startswith("m") and phase in META_TITLES:
+        return f"(16) {n} repositories: {META_TITLES[phase]}"
+    return workload
+
+
+def _order(workload: str) -> tuple[int, str]:
+    order = list(TITLES)
+    if workload in order:
+        return (order.index(workload), "")
+    n, _, phase = workload[1:].partition("-")
+    if workload.startswith("m") and phase in META_TITLES and n.isdigit():
+        return (len(order) + int(n), f"{list(META_TITLES).index(phase)}")
+    return (10**9, workload)
+
+
+def link_key(s: Sample) -> str:
+    """The link shape of a sample; results from before the link model had a delay each way,
+    i.e. an uncapped link of twice that round trip."""
+    if s.link:
+        return s.link
+    return "0" if s.delay_ms == 0 else f"{2 * s.delay_ms}/0"
+
+
+def link_label(key: str) -> str:
+    return LinkShape.parse(key).label
 
 
 @dataclasses.dataclass
 class Row:
     backend: str
-    delay_ms: int
+    link: str
     workload: str
     system: str
     runs: int
@@ -56,6 +113,8 @@ class Row:
     amount: float = 0.0
     unit: str = "B"
     requests: float | None = None  # median
+    serial: float | None = None  # median
+    cpu_s: float | None = None  # median
     rss: int | None = None  # highest peak over the runs
     error: str | None = None
 
@@ -66,11 +125,16 @@ class Row:
         return self.amount / self.seconds / (MiB if self.unit == "B" else 1)
 
 
-def summarize(samples: Iterable[Sample]) -> dict[tuple[str, int, str, str], Row]:
-    """One row per (backend, delay, workload, system); any failed run fails the row."""
-    groups: dict[tuple[str, int, str, str], list[Sample]] = {}
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(samples: Iterable[Sample]) -> dict[Key, Row]:
+    """One row per (backend, link, workload, system); any failed run fails the row."""
+    groups: dict[Key, list[Sample]] = {}
     for s in samples:
-        groups.setdefault((s.backend, s.delay_ms, s.workload, s.system), []).append(s)
+        groups.setdefault((s.backend, link_key(s), s.workload, s.system), []).append(s)
     rows = {}
     for key, group in groups.items():
         row = Row(*key, runs=len(group), amount=group[0].amount, unit=group[0].unit)
@@ -78,10 +142,10 @@ def summarize(samples: Iterable[Sample]) -> dict[tuple[str, int, str, str], Row]
         if failed:
             row.error = f"{failed[0].error} ({len(failed)}/{len(group)} runs)"
         else:
-            secs = [s.seconds for s in group if s.seconds is not None]
-            row.seconds = statistics.median(secs) if secs else None
-            reqs = [s.requests for s in group if s.requests is not None]
-            row.requests = statistics.median(reqs) if reqs else None
+            row.seconds = _median(s.seconds for s in group)
+            row.requests = _median(s.requests for s in group)
+            row.serial = _median(s.serial for s in group)
+            row.cpu_s = _median(s.cpu_s for s in group)
             if row.unit == "req":
                 row.amount = row.requests or 0.0
             rss = [s.rss for s in group if s.rss is not None]
@@ -90,9 +154,9 @@ def summarize(samples: Iterable[Sample]) -> dict[tuple[str, int, str, str], Row]
     return rows
 
 
-def ratio(rows: dict[tuple[str, int, str, str], Row], row: Row, ref: str) -> float | None:
+def ratio(rows: dict[Key, Row], row: Row, ref: str) -> float | None:
     """Speed of ``row`` relative to system ``ref`` (request ratio for workload 11)."""
-    other = rows.get((row.backend, row.delay_ms, row.workload, ref))
+    other = rows.get((row.backend, row.link, row.workload, ref))
     if other is None or other.error or row.error or other is row:
         return None
     if row.unit == "req":
@@ -107,27 +171,25 @@ HEADER = [
     "system",
     "median s",
     "rate",
-    "x boto3",
-    "x s3fs",
-    "x native",
+    *RATIOS,
     "S3 req",
+    "serial",
+    "CPU",
     "peak RSS",
     "runs",
 ]
 
 
-def table_cells(
-    rows: dict[tuple[str, int, str, str], Row], backend: str, delay_ms: int
-) -> list[list[str]]:
-    """The table of one backend and delay, as text cells (header first)."""
+def table_cells(rows: dict[Key, Row], backend: str, link: str) -> list[list[str]]:
+    """The table of one backend and link shape, as text cells (header first); columns that
+    are empty in every row are left out."""
     cells = [HEADER]
-    mine = [r for r in rows.values() if r.backend == backend and r.delay_ms == delay_ms]
-    mine.sort(key=lambda r: (_index(WORKLOAD_ORDER, r.workload), _index(SYSTEM_ORDER, r.system)))
+    mine = [r for r in rows.values() if r.backend == backend and r.link == link]
+    mine.sort(key=lambda r: (_order(r.workload), _index(SYSTEM_ORDER, r.system)))
     for r in mine:
         if r.error:
-            cells.append(
-                [r.workload, r.system, f"failed: {r.error}", "", "", "", "", "", "", str(r.runs)]
-            )
+            blank = [""] * (len(HEADER) - 4)
+            cells.append([r.workload, r.system, f"failed: {r.error}", *blank, str(r.runs)])
             continue
         cells.append(
             [
@@ -135,15 +197,50 @@ def table_cells(
                 r.system,
                 _num(r.seconds, "{:.3f}") if r.unit != "req" else "",
                 _rate(r),
-                _num(ratio(rows, r, "boto3"), "{:.2f}"),
-                _num(ratio(rows, r, "s3fs"), "{:.2f}"),
-                _num(ratio(rows, r, "native"), "{:.2f}"),
+                *(_num(ratio(rows, r, ref), "{:.2f}") for ref in RATIOS.values()),
                 _num(r.requests, "{:.0f}"),
+                _num(r.serial, "{:.0f}"),
+                _cpu(r),
                 _num(r.rss / MiB if r.rss else None, "{:.0f} MiB"),
                 str(r.runs),
             ]
         )
-    return cells
+    keep = [
+        i
+        for i in range(len(HEADER))
+        if i < 3 or i == len(HEADER) - 1 or any(row[i] for row in cells[1:] if len(row) > i)
+    ]
+    return [[row[i] for i in keep] for row in cells]
+
+
+def _cpu(r: Row) -> str:
+    """CPU seconds of the daemon per GiB moved (data), or in all (operations)."""
+    if r.cpu_s is None:
+        return ""
+    if r.unit == "B" and r.amount:
+        return f"{r.cpu_s / (r.amount / GiB):.2f} s/GiB"
+    return f"{r.cpu_s:.2f} s"
+
+
+def proxy_cost(samples: Iterable[Sample], backend: str, link: str) -> tuple[float, float]:
+    """(CPU seconds, bytes) the proxy process spent and relayed in the timed steps that
+    move data (not in the metadata phases, whose bytes are few)."""
+    cpu = moved = 0.0
+    for s in samples:
+        mine = s.backend == backend and link_key(s) == link and s.unit == "B"
+        if mine and "proxy" in s.cpu_other:
+            cpu += s.cpu_other["proxy"]
+            moved += float(s.extra.get("proxy_bytes", 0))
+    return cpu, moved
+
+
+def legend(rows: dict[Key, Row], backend: str, link: str) -> list[str]:
+    """The titles of the workloads in one table."""
+    seen = sorted(
+        {r.workload for r in rows.values() if r.backend == backend and r.link == link},
+        key=_order,
+    )
+    return [f"{w}: {title(w)}" for w in seen]
 
 
 def _index(order: Sequence[str], item: str) -> int:
@@ -188,35 +285,63 @@ def render_markdown(cells: list[list[str]]) -> str:
 @dataclasses.dataclass
 class Target:
     backend: str
-    delay_ms: int
+    link: str
     name: str
     status: str  # PASS, FAIL, n/a
     detail: str
 
 
-def targets(
-    rows: dict[tuple[str, int, str, str], Row], backend: str, delay_ms: int, budget: int
-) -> list[Target]:
-    """The issue's targets for this mount, checked against one backend and delay."""
+def targets(rows: dict[Key, Row], backend: str, link: str, budget: int) -> list[Target]:
+    """The issues' targets for this mount, checked against one backend and link shape.
 
-    def get(wl: str, system: str) -> Row | None:
-        return rows.get((backend, delay_ms, wl, system))
+    Loopback: the first benchmark's targets and issue 11's loopback ones. A capped link:
+    issue 11's and issue 12's (the figures are for 20 ms / 20 MiB/s; the same ratios are
+    checked on every capped shape). An uncapped link with a round trip (the old delay
+    model): the first benchmark's "with delay" targets.
+    """
+    shape = LinkShape.parse(link)
+    check = _Checker(rows, backend, link)
+    if shape.loopback:
+        return _loopback_targets(check, budget)
+    if shape.mibps:
+        return _link_targets(check, rows, backend, link)
+    out = [
+        check.speed("1", "s3fs", 2.0, "(1) write >= 2x s3fs with delay"),
+        check.speed("2", "s3fs", 2.0, "(2) read >= 2x s3fs with delay"),
+    ]
+    return [t for t in out if t.status != "skip"]
 
-    def speed(wl: str, ref: str, factor: float, name: str) -> Target:
-        r = get(wl, "mount")
-        value = ratio(rows, r, ref) if r else None
-        return _judge(backend, delay_ms, name, value, factor, higher=True)
 
-    def fewer(wl: str, factor: float, name: str) -> Target:
-        r = get(wl, "mount")
-        value = ratio(rows, r, "native") if r else None
-        return _judge(backend, delay_ms, name, value, factor, higher=False)
+class _Checker:
+    def __init__(self, rows: dict[Key, Row], backend: str, link: str) -> None:
+        self.rows = rows
+        self.backend = backend
+        self.link = link
 
-    if delay_ms > 0:
-        return [
-            speed("1", "s3fs", 2.0, "(1) write >= 2x s3fs with delay"),
-            speed("2", "s3fs", 2.0, "(2) read >= 2x s3fs with delay"),
-        ]
+    def get(self, wl: str, system: str = "mount") -> Row | None:
+        return self.rows.get((self.backend, self.link, wl, system))
+
+    def speed(self, wl: str, ref: str, factor: float, name: str) -> Target:
+        return self._compare(wl, ref, factor, name, higher=True)
+
+    def fewer(self, wl: str, factor: float, name: str) -> Target:
+        return self._compare(wl, "native", factor, name, higher=False)
+
+    def _compare(self, wl: str, ref: str, factor: float, name: str, *, higher: bool) -> Target:
+        r, other = self.get(wl), self.get(wl, ref)
+        if r is None or other is None:  # one side was not run: no target to check
+            return Target(self.backend, self.link, name, "skip", "")
+        return self.judge(name, ratio(self.rows, r, ref), factor, higher=higher)
+
+    def judge(self, name: str, value: float | None, factor: float, *, higher: bool) -> Target:
+        if value is None:
+            return Target(self.backend, self.link, name, "n/a", "not measured or failed")
+        ok = value >= factor if higher else value <= factor
+        return Target(self.backend, self.link, name, "PASS" if ok else "FAIL", f"{value:.2f}x")
+
+
+def _loopback_targets(check: _Checker, budget: int) -> list[Target]:
+    speed, fewer = check.speed, check.fewer
     out = [
         speed("1", "boto3", 0.9, "(1) write >= 0.9x raw boto3 multipart"),
         speed("1", "s3fs", 1.25, "(1) write >= 1.25x s3fs"),
@@ -226,6 +351,13 @@ def targets(
         speed("2", "s3fs", 1.25, "(2) read >= 1.25x s3fs"),
         speed("2", "rclone-off", 1.0, "(2) read ahead of rclone off"),
         speed("2", "rclone-writes", 1.0, "(2) read ahead of rclone writes"),
+    ]
+    for wl, size in (("14a", "256 MiB"), ("14b", "1 GiB")):
+        out += [
+            speed(wl, "boto3-tm", 0.9, f"({wl}) write {size} conv=fsync >= 0.9x TransferManager"),
+            speed(wl, "s3fs", 1.25, f"({wl}) write {size} conv=fsync >= 1.25x s3fs"),
+        ]
+    out += [
         speed("9push", "native", 1.0, "(9) push no slower than native S3 driver"),
         speed("9pull", "native", 1.0, "(9) pull no slower than native S3 driver"),
         speed("10", "native", 1.0, "(10) chunked upload no slower than native"),
@@ -235,26 +367,49 @@ def targets(
         fewer("11pull", 1.5, "(11) requests per pull <= 1.5x native"),
         speed("6", "boto3-copy", 3.0, "(6) rename >= 3x one CopyObject"),
     ]
-    out.append(_memory_target(get("12", "mount"), backend, delay_ms, budget))
-    return out
+    if check.get("12"):
+        out.append(_memory_target(check, budget))
+    return [t for t in out if t.status != "skip"]
 
 
-def _judge(
-    backend: str, delay_ms: int, name: str, value: float | None, factor: float, *, higher: bool
-) -> Target:
-    if value is None:
-        return Target(backend, delay_ms, name, "n/a", "not measured or failed")
-    ok = value >= factor if higher else value <= factor
-    return Target(backend, delay_ms, name, "PASS" if ok else "FAIL", f"{value:.2f}x")
+def _link_targets(check: _Checker, rows: dict[Key, Row], backend: str, link: str) -> list[Target]:
+    """Issue 11 (reads, writes, registry on the link) and issue 12 (metadata phases)."""
+    speed = check.speed
+    out = [
+        speed("2", "boto3-tm", 0.9, "(2) cold read 1 GiB (dd) >= 0.9x TransferManager"),
+        speed("2", "s3fs", 2.0, "(2) cold read 1 GiB (dd) >= 2x s3fs"),
+        speed("13", "boto3-tm", 0.9, "(13) cold read 1 GiB (cp) >= 0.9x TransferManager"),
+        speed("13", "s3fs", 2.0, "(13) cold read 1 GiB (cp) >= 2x s3fs"),
+        speed("8r", "boto3-tm", 0.9, "(8r) 4 readers >= 0.9x TransferManager with 4 files"),
+        speed("15pull", "native", 2.0, "(15) pull of the ~200 MiB image >= 2x native"),
+        speed("9pull", "native", 2.0, "(9) pull of the ~1 GiB image >= 2x native"),
+        speed("15push", "native", 1.5, "(15) push of the ~200 MiB image >= 1.5x native"),
+        speed("9push", "native", 1.5, "(9) push of the ~1 GiB image >= 1.5x native"),
+        speed("14a", "boto3-tm", 0.9, "(14a) write 256 MiB >= 0.9x TransferManager"),
+        speed("14b", "boto3-tm", 0.9, "(14b) write 1 GiB >= 0.9x TransferManager"),
+    ]
+    phases = sorted(
+        {r.workload for r in rows.values() if r.backend == backend and r.link == link}
+        & {w for w in (r.workload for r in rows.values()) if w.startswith("m") and "-" in w},
+        key=_order,
+    )
+    for wl in phases:
+        phase = wl.partition("-")[2]
+        factor = 2.0 if phase in ("catalog", "gcdry", "gc") else 1.0
+        words = "at least 2x faster than" if factor == 2.0 else "no slower than"
+        out.append(speed(wl, "native", factor, f"({wl}) {words} native"))
+    return [t for t in out if t.status != "skip"]
 
 
-def _memory_target(row: Row | None, backend: str, delay_ms: int, budget: int) -> Target:
+def _memory_target(check: _Checker, budget: int) -> Target:
     name = f"(12) peak RSS <= memory budget ({budget // MiB} MiB), no writer fails"
+    row = check.get("12")
+    backend, link = check.backend, check.link
     if row is None:
-        return Target(backend, delay_ms, name, "n/a", "not measured")
+        return Target(backend, link, name, "n/a", "not measured")
     if row.error:
-        return Target(backend, delay_ms, name, "FAIL", f"failed: {row.error}")
+        return Target(backend, link, name, "FAIL", f"failed: {row.error}")
     if row.rss is None:
-        return Target(backend, delay_ms, name, "n/a", "no RSS")
+        return Target(backend, link, name, "n/a", "no RSS")
     ok = row.rss <= budget
-    return Target(backend, delay_ms, name, "PASS" if ok else "FAIL", f"{row.rss / MiB:.0f} MiB")
+    return Target(backend, link, name, "PASS" if ok else "FAIL", f"{row.rss / MiB:.0f} MiB")

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""The benchmark: this mount against s3fs-fuse, rclone mount, raw boto3 and the registry's
-native S3 driver, on the same S3 server in the same run.
+"""The benchmark: this mount against s3fs-fuse, rclone mount, boto3 (ranged GETs, its
+TransferManager, a single GET) and the registry's native S3 driver, on the same S3 server
+in the same run, on loopback and on modelled network links.
 
     python bench/run.py [--quick] [--backend rgw|moto|both] [--systems LIST]
-                        [--workloads LIST] [--runs N] [--delay-ms LIST] [--out FILE]
+                        [--workloads LIST] [--runs N] [--link RTT/MIBPS,...] [--out FILE]
                         [--markdown FILE]
 
-Starts the server(s) itself (Ceph RGW on bluestore, then moto), a counting/delaying proxy
-per delay, and for every run, workload and system a fresh bucket and a fresh mount.
-Prints one table per backend and delay (median of the runs, MiB/s or ops/s, speed ratios
-to raw boto3, s3fs and the native driver, S3 requests, peak RSS of the daemon) and the
-issue's targets; writes every sample and the summary as JSON. See bench/README.md.
+Starts the server(s) itself (Ceph RGW on bluestore, then moto), a counting proxy per link
+shape (with the link model in front of it unless loopback, bench/link.py), and for every
+run, workload and system a fresh bucket and a fresh mount. Prints one table per backend
+and link shape (median of the runs, MiB/s or ops/s, speed ratios to each boto3 client,
+s3fs and the native driver, S3 requests, serial round trips, CPU of the daemon, peak RSS)
+and the issues' targets; writes every sample and the summary as JSON. See bench/README.md.
 Run as root (drop_caches, FUSE mounts); talks only to 127.0.0.1.
 """
 
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boto3
 
 from bench import fsworkloads as fw
+from bench import metaworkloads as mw
 from bench import regworkloads as rw
 from bench import report
 from bench.common import (
@@ -55,7 +58,8 @@ from bench.common import (
     s3_client,
     write_random_file,
 )
-from bench.context import Ctx, LocalData, Proxy, reason
+from bench.context import REFERENCES, Ctx, LocalData, Proxy, reason
+from bench.link import LinkShape
 from bench.proxy import NoProxy, ProxyProcess
 from bench.servers import server as start_server
 from bench.systems import ALL_SYSTEMS, FS_SYSTEMS, Mounter
@@ -67,28 +71,48 @@ Workload = Callable[[Ctx, str, list[Sample]], None]
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """One numbered workload of the issue: the sample ids it yields and who can run it."""
+    """One numbered workload of the issues: the sample ids it yields and who can run it."""
 
-    ids: tuple[str, ...]
+    ids: Callable[[Sizes], tuple[str, ...]]
     systems: tuple[str, ...]
     fn: Workload
 
 
+def _ids(*ids: str) -> Callable[[Sizes], tuple[str, ...]]:
+    return lambda sizes: ids
+
+
 FS_AND_BOTO3 = (*FS_SYSTEMS, "boto3")
+FS_AND_CLIENTS = (*FS_SYSTEMS, *REFERENCES)  # the transfers every boto3 client can do
 FS_AND_NATIVE = (*FS_SYSTEMS, "native")
 GROUPS: dict[int, Group] = {
-    1: Group(("1",), FS_AND_BOTO3, fw.w1_write),
-    2: Group(("2",), FS_AND_BOTO3, fw.w2_read),
-    3: Group(("3in", "3out"), FS_AND_BOTO3, fw.w3_cp),
-    4: Group(("4",), FS_AND_BOTO3, fw.w4_small),
-    5: Group(("5ls", "5find"), FS_AND_BOTO3, fw.w5_list),
-    6: Group(("6",), FS_AND_BOTO3, fw.w6_rename),
-    7: Group(("7",), FS_AND_BOTO3, fw.w7_append),
-    8: Group(("8w", "8r"), FS_AND_BOTO3, fw.w8_parallel),
-    9: Group(("9push", "9pull", "11push", "11pull"), FS_AND_NATIVE, rw.w9_push_pull),
-    10: Group(("10",), FS_AND_NATIVE, rw.w10_chunked),
-    12: Group(("12",), FS_AND_BOTO3, fw.w12_memory),
+    1: Group(_ids("1"), FS_AND_CLIENTS, fw.w1_write),
+    2: Group(_ids("2"), FS_AND_CLIENTS, fw.w2_read),
+    3: Group(_ids("3in", "3out"), FS_AND_CLIENTS, fw.w3_cp),
+    4: Group(_ids("4"), FS_AND_BOTO3, fw.w4_small),
+    5: Group(_ids("5ls", "5find"), FS_AND_BOTO3, fw.w5_list),
+    6: Group(_ids("6"), FS_AND_BOTO3, fw.w6_rename),
+    7: Group(_ids("7"), FS_AND_BOTO3, fw.w7_append),
+    8: Group(_ids("8w", "8r"), FS_AND_CLIENTS, fw.w8_parallel),
+    9: Group(_ids("9push", "9pull", "11push", "11pull"), FS_AND_NATIVE, rw.w9_push_pull),
+    10: Group(_ids("10"), FS_AND_NATIVE, rw.w10_chunked),
+    12: Group(_ids("12"), FS_AND_BOTO3, fw.w12_memory),
+    13: Group(_ids("13"), FS_AND_CLIENTS, fw.w13_cp_read),
+    14: Group(
+        lambda z: tuple(f"14{'abcdefgh'[i]}" for i in range(len(z.fsync_writes))),
+        FS_AND_CLIENTS,
+        fw.w14_fsync_writes,
+    ),
+    15: Group(_ids("15push", "15pull"), FS_AND_NATIVE, rw.w15_small_image),
+    16: Group(lambda z: mw.meta_ids(z.meta_repos), ("mount", "native"), mw.w16_metadata),
 }
+#: names for sets of workloads; 16 (metadata, minutes per system at N=1000) only on request
+ALIASES: dict[str, list[int]] = {
+    "all": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    "issue11": [2, 8, 9, 13, 14, 15],
+    "meta": [16],
+}
+DEFAULT_LINKS = "0,20/20"
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -112,14 +136,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     ap.add_argument(
         "--workloads",
-        default="1,2,3,4,5,6,7,8,9,10,11,12",
-        help="comma-separated workload numbers (11 is measured with 9)",
+        default="all",
+        help="comma-separated workload numbers or names: all (1-15), issue11 (2,8,9,13,14,15), "
+        "meta (16); 11 is measured with 9",
     )
     ap.add_argument("--runs", type=int, default=None, help="runs per workload (3; --quick: 1)")
     ap.add_argument(
+        "--link",
+        default="",
+        help=f"link shapes RTT_MS/MIBPS (per connection and direction; 0 = loopback), e.g. "
+        f"0,20/20,5/50,50/10 (default {DEFAULT_LINKS})",
+    )
+    ap.add_argument("--rtt-ms", default="", help="round trips of the link shapes, e.g. 0,20")
+    ap.add_argument("--conn-mibps", default="", help="their caps, paired with --rtt-ms: 0,20")
+    ap.add_argument(
         "--delay-ms",
-        default="0,20",
-        help="comma-separated delays added each way by the proxy (default 0,20)",
+        default="",
+        help="old form: delays each way, each an uncapped link of twice that round trip",
+    )
+    ap.add_argument(
+        "--repos",
+        default="",
+        help="repositories of the metadata phases (16), e.g. 100,1000 (default; --quick: 20)",
+    )
+    ap.add_argument(
+        "--trace",
+        default="",
+        metavar="DIR",
+        help="write every timed step's requests (method, path, start, end...) to DIR as JSON",
     )
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     ap.add_argument(
@@ -150,11 +194,41 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     args = ap.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
+    args.links = link_shapes(args)
     return args
 
 
+def link_shapes(args: argparse.Namespace) -> list[LinkShape]:
+    """The link shapes from --link, or --rtt-ms with --conn-mibps, or --delay-ms."""
+    given = [bool(args.link), bool(args.rtt_ms or args.conn_mibps), bool(args.delay_ms)]
+    if sum(given) > 1:
+        raise SystemExit("give link shapes one way: --link, --rtt-ms/--conn-mibps or --delay-ms")
+    try:
+        if args.rtt_ms or args.conn_mibps:
+            rtts = [x for x in args.rtt_ms.split(",") if x.strip()]
+            rates = [x for x in args.conn_mibps.split(",") if x.strip()]
+            if len(rtts) != len(rates):
+                raise SystemExit("--rtt-ms and --conn-mibps need as many values each")
+            return [LinkShape.parse(f"{r}/{m}") for r, m in zip(rtts, rates, strict=True)]
+        if args.delay_ms:
+            delays = [float(x) for x in args.delay_ms.split(",") if x.strip()]
+            return [LinkShape(2 * d, 0) for d in delays]
+        return [LinkShape.parse(x) for x in (args.link or DEFAULT_LINKS).split(",") if x.strip()]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 def selected_groups(text: str) -> list[int]:
-    wanted = {int(x) for x in text.split(",") if x.strip()}
+    wanted: set[int] = set()
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if item in ALIASES:
+            wanted.update(ALIASES[item])
+        elif item.isdigit():
+            wanted.add(int(item))
+        else:
+            raise SystemExit(f"unknown workload {item!r}: a number or one of {sorted(ALIASES)}")
     if 11 in wanted:
         wanted.add(9)  # the requests of (11) are counted during the push and pull of (9)
     unknown = wanted - set(GROUPS) - {11}
@@ -207,6 +281,7 @@ class LazyLayers(Sequence[bytes]):
 
     def __init__(self, sizes: Sequence[int]) -> None:
         self.sizes = list(sizes)
+        self.seed = 1000 + 100 * len(self.sizes)  # the two images share no layer
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -216,7 +291,7 @@ class LazyLayers(Sequence[bytes]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return random_layer(self.sizes[i], seed=1000 + i % len(self))
+        return random_layer(self.sizes[i], seed=self.seed + i % len(self))
 
 
 def prepare_local(workdir: Path, sizes: Sizes) -> LocalData:
@@ -224,10 +299,13 @@ def prepare_local(workdir: Path, sizes: Sizes) -> LocalData:
     data.mkdir(parents=True, exist_ok=True)
     cp_src = data / "cp-src"
     write_random_file(cp_src, sizes.cp)
-    image_dir = data / "image"
-    shutil.rmtree(image_dir, ignore_errors=True)
-    image = make_image(image_dir, LazyLayers(sizes.image_layers))
-    return LocalData(cp_src, image_dir, image, os.urandom(sizes.chunked))
+    images = []
+    for name, layers in (("image", sizes.image_layers), ("small-image", sizes.small_image_layers)):
+        image_dir = data / name
+        shutil.rmtree(image_dir, ignore_errors=True)
+        images.append((image_dir, make_image(image_dir, LazyLayers(layers))))
+    (image_dir, image), (small_dir, small) = images
+    return LocalData(cp_src, image_dir, image, os.urandom(sizes.chunked), small_dir, small)
 
 
 # ------------------------------------------------------------------------------ running
@@ -242,7 +320,7 @@ class Runner:
         self.workdir = workdir
         self.groups = selected_groups(args.workloads)
         self.systems = selected_systems(args.systems)
-        self.delays = [int(x) for x in args.delay_ms.split(",") if x.strip()]
+        self.links: list[LinkShape] = args.links
         self.mount_opts = mount_options(args.mount_opt)
         self.samples: list[Sample] = []
         self.meta: dict[str, Any] = {}
@@ -264,28 +342,29 @@ class Runner:
                 t0 = time.monotonic()
                 fw.make_ro_bucket(direct, ro_bucket, self.sizes)
                 log(f"   read-only inputs uploaded in {time.monotonic() - t0:.1f}s")
-                for delay in self.delays:
-                    with self._proxy(server, delay) as proxy:
-                        self._delay(backend, delay, server, direct, proxy, ro_bucket, data)
+                for link in self.links:
+                    with self._proxy(server, link) as proxy:
+                        self._link(backend, link, server, direct, proxy, ro_bucket, data)
             finally:
                 with contextlib.suppress(Exception):
                     delete_bucket(direct, ro_bucket)
 
     @contextlib.contextmanager
-    def _proxy(self, server: S3Server, delay: int) -> Iterator[Proxy]:
-        if delay == 0 and self.args.direct:
+    def _proxy(self, server: S3Server, link: LinkShape) -> Iterator[Proxy]:
+        if link.loopback and self.args.direct:
             yield NoProxy(server.endpoint)
             return
-        proxy = ProxyProcess(server.endpoint, delay, self.workdir / f"proxy-{delay}.log").start()
+        log_path = self.workdir / f"proxy-{link.key.replace('/', '_')}.log"
+        proxy = ProxyProcess(server.endpoint, link, log_path).start()
         try:
             yield proxy
         finally:
             proxy.stop()
 
-    def _delay(
+    def _link(
         self,
         backend: str,
-        delay: int,
+        link: LinkShape,
         server: S3Server,
         direct: Any,
         proxy: Proxy,
@@ -301,12 +380,12 @@ class Runner:
             s3fs_options=self.args.s3fs_opt,
             rclone_flags=self.args.rclone_flag,
         )
-        workdir = self.workdir / f"{backend}-{delay}"
+        workdir = self.workdir / f"{backend}-{link.key.replace('/', '_')}"
         workdir.mkdir(parents=True, exist_ok=True)
         for run in range(self.args.runs):
             ctx = Ctx(
                 backend,
-                delay,
+                link,
                 run,
                 self.sizes,
                 server,
@@ -317,6 +396,7 @@ class Runner:
                 workdir,
                 ro_bucket,
                 data,
+                trace_dir=Path(self.args.trace) if self.args.trace else None,
             )
             for number in self.groups:
                 for system in self.systems:
@@ -331,13 +411,13 @@ class Runner:
             group.fn(ctx, system, out)
         except Exception as e:  # any failure of a peer is a result, not the end of the run
             why = reason(e)
-            expected = [(wl, system) for wl in group.ids]
+            expected = [(wl, system) for wl in group.ids(self.sizes)]
             if number == 6 and system == "boto3":
                 expected.append(("6", "boto3-copy"))
             have = {(s.workload, s.system) for s in out}
             out += [ctx.sample(wl, sy, error=why) for wl, sy in expected if (wl, sy) not in have]
         for s in out:
-            log(f"   [{ctx.backend} {ctx.delay_ms}ms run {ctx.run + 1}] {describe(s)}")
+            log(f"   [{ctx.backend} {ctx.link.key} run {ctx.run + 1}] {describe(s)}")
         self.samples += out
         self.save()
 
@@ -361,15 +441,26 @@ class Runner:
     def budget(self) -> int:
         return parse_size(self.mount_opts.get("memory_budget", "512MiB"))
 
-    def sections(self) -> list[tuple[str, int]]:
-        seen = dict.fromkeys((s.backend, s.delay_ms) for s in self.samples)
+    def sections(self) -> list[tuple[str, str]]:
+        """(backend, link key) of every table, in the order measured."""
+        seen = dict.fromkeys((s.backend, report.link_key(s)) for s in self.samples)
         return list(seen)
 
-    def all_targets(self, rows: dict[tuple[str, int, str, str], report.Row]) -> list[report.Target]:
+    def all_targets(self, rows: dict[report.Key, report.Row]) -> list[report.Target]:
         out: list[report.Target] = []
-        for backend, delay in self.sections():
-            out += report.targets(rows, backend, delay, self.budget())
+        for backend, link in self.sections():
+            out += report.targets(rows, backend, link, self.budget())
         return out
+
+    def proxy_line(self, backend: str, link: str) -> str:
+        """What the proxy (and link model) cost in the timed steps of one table."""
+        cpu, moved = report.proxy_cost(self.samples, backend, link)
+        if not moved:
+            return ""
+        return (
+            f"proxy process ({report.link_label(link)}): {cpu:.1f} CPU s for "
+            f"{moved / GiB:.1f} GiB relayed in the timed steps, {cpu / (moved / GiB):.2f} s/GiB"
+        )
 
 
 def describe(s: Sample) -> str:
@@ -440,12 +531,14 @@ def machine() -> dict[str, str]:
 def print_report(runner: Runner) -> str:
     rows = report.summarize(runner.samples)
     parts = []
-    for backend, delay in runner.sections():
-        cells = report.table_cells(rows, backend, delay)
-        parts.append(f"\n== {backend}, {delay} ms each way ==\n" + report.render_text(cells))
+    for backend, link in runner.sections():
+        cells = report.table_cells(rows, backend, link)
+        head = f"\n== {backend}, {report.link_label(link)} ==\n"
+        parts.append(head + report.render_text(cells))
+        parts.append(runner.proxy_line(backend, link))
         tlines = [
             f"  {t.status:<4} {t.name}: {t.detail}"
-            for t in report.targets(rows, backend, delay, runner.budget())
+            for t in report.targets(rows, backend, link, runner.budget())
         ]
         parts.append("targets:\n" + "\n".join(tlines))
     text = "\n".join(parts)
@@ -459,15 +552,21 @@ def human_sizes(sizes: dict[str, Any]) -> str:
     def mib(n: int) -> str:
         return f"{n / GiB:g} GiB" if n >= GiB else f"{n / MiB:g} MiB"
 
-    layers = "+".join(f"{n // MiB}" for n in sizes["image_layers"])
+    def layers(key: str) -> str:
+        return "+".join(f"{n // MiB}" for n in sizes.get(key, ()))
+
+    fsync = " and ".join(mib(n) for n in sizes.get("fsync_writes", ()))
+    repos = ", ".join(str(n) for n in sizes.get("meta_repos", ()))
     return (
         f"(1)(2) {mib(sizes['seq'])}; (3) {mib(sizes['cp'])}; "
         f"(4) {sizes['small_count']} x {sizes['small_size']} B; "
         f"(5) {sizes['tree_dirs'] * sizes['tree_files']} files in {sizes['tree_dirs']} dirs; "
         f"(6) {mib(sizes['rename'])}; (7) {mib(sizes['append_base'])} + "
         f"{mib(sizes['append_add'])}; (8) {sizes['par_count']} x {mib(sizes['par_size'])}; "
-        f"(9) image of {layers} MiB layers; (10) {mib(sizes['chunked'])} in "
-        f"{mib(sizes['chunk'])} PATCHes; (12) {sizes['rss_writers']} x {mib(sizes['rss_size'])}"
+        f"(9) image of {layers('image_layers')} MiB layers; (10) {mib(sizes['chunked'])} in "
+        f"{mib(sizes['chunk'])} PATCHes; (12) {sizes['rss_writers']} x {mib(sizes['rss_size'])}; "
+        f"(13) {mib(sizes['seq'])}; (14) {fsync}; "
+        f"(15) image of {layers('small_image_layers')} MiB layers; (16) {repos} repositories"
     )
 
 
@@ -503,16 +602,26 @@ def write_markdown(runner: Runner, path: Path) -> None:
         "(higher is faster) except workload 11, where x native = requests / native's.",
         "",
     ]
-    for backend, delay in runner.sections():
-        lines += [f"## {backend}, {delay} ms each way", ""]
-        lines += [report.render_markdown(report.table_cells(rows, backend, delay)), ""]
+    lines += markdown_sections(runner, rows, level="##")
+    path.write_text("\n".join(lines))
+
+
+def markdown_sections(runner: Runner, rows: dict[report.Key, report.Row], level: str) -> list[str]:
+    """One table per backend and link shape, with its legend, proxy cost and targets."""
+    lines: list[str] = []
+    for backend, link in runner.sections():
+        lines += [f"{level} {backend}, {report.link_label(link)}", ""]
+        lines += [report.render_markdown(report.table_cells(rows, backend, link)), ""]
+        lines += [f"* {item}" for item in report.legend(rows, backend, link)]
+        proxy = runner.proxy_line(backend, link)
+        lines += ["", proxy, ""] if proxy else [""]
         lines += ["Targets:", ""]
         lines += [
             f"* {t.status} {t.name}: {t.detail}"
-            for t in report.targets(rows, backend, delay, runner.budget())
+            for t in report.targets(rows, backend, link, runner.budget())
         ]
         lines.append("")
-    path.write_text("\n".join(lines))
+    return lines
 
 
 # ------------------------------------------------------------------------------ main
@@ -539,6 +648,9 @@ def report_only(args: argparse.Namespace, sizes: Sizes) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sizes = QUICK if args.quick else FULL
+    if args.repos:
+        repos = tuple(int(x) for x in args.repos.split(",") if x.strip())
+        sizes = dataclasses.replace(sizes, meta_repos=repos)
     if args.report:
         return report_only(args, sizes)
     own_workdir = not args.workdir
@@ -554,7 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "workdir": str(workdir),
         "rgw_objectstore": args.objectstore,
-        "proxy": "none at delay 0 (--direct)" if args.direct else "bench/proxy.py at every delay",
+        "proxy": (
+            "none on loopback (--direct); bench/proxy.py with the link model on the links"
+            if args.direct
+            else "bench/proxy.py on every link shape (with bench/link.py unless loopback)"
+        ),
+        "links": [link.key for link in args.links],
     }
     log(f"scratch directory: {workdir}")
     try:

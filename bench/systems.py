@@ -36,7 +36,7 @@ from bench.common import BenchError, Endpoint, last_line, vm_hwm
 from tests.mounts import Mount, S3Server, free_port
 
 FS_SYSTEMS = ("mount", "s3fs", "rclone-off", "rclone-writes")
-ALL_SYSTEMS = (*FS_SYSTEMS, "boto3", "native")
+ALL_SYSTEMS = (*FS_SYSTEMS, "boto3", "boto3-tm", "boto3-get", "native")
 
 
 class Mounted:

@@ -891,18 +891,27 @@ class S3Proxy:
                 sock, _ = listener.accept()
             except (OSError, ValueError):
                 continue  # listener closed by down(refuse=True)/stop()
-            with self._lock:
-                if self._down or self._stopping.is_set():
-                    conn = None
-                else:
-                    self._conn_seq += 1
-                    conn = _Connection(self, sock, self._conn_seq)
-                    self._conns.add(conn)
-            if conn is None:
-                _rst_close(sock)
-                continue
             _nodelay(sock)
-            conn.thread.start()
+            self.adopt(sock)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connected client socket as if the proxy had accepted it.
+
+        For a front end that owns the client's TCP connection and hands the proxy the far
+        end of a socket pair (bench/link.py, the benchmark's model of a network link).
+        While the proxy is down or stopping, the socket is reset instead.
+        """
+        with self._lock:
+            if self._down or self._stopping.is_set():
+                conn = None
+            else:
+                self._conn_seq += 1
+                conn = _Connection(self, sock, self._conn_seq)
+                self._conns.add(conn)
+        if conn is None:
+            _rst_close(sock)
+            return
+        conn.thread.start()
 
     def _forget(self, conn: _Connection) -> None:
         with self._lock:

@@ -34,6 +34,8 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from bench.link import Link, LinkShape
+from bench.proxy import serial_round_trips
 from tests.s3proxy import FAULT_KINDS, S3Proxy
 
 MiB = 1024 * 1024
@@ -898,3 +900,42 @@ def test_script_mode(moto_url: str, bucket: str, tmp_path: Path) -> None:
         ("GET", 200, None),
     ]
     assert all(r["duration"] >= 0.04 for r in records)
+
+
+def test_link_model_in_front_of_adopt(moto_url: str, bucket: str, direct: Any) -> None:
+    """bench/link.py hands each connection to S3Proxy.adopt: requests are still counted,
+    bodies arrive intact, a new connection costs a round trip more than a kept one, and a
+    body moves no faster than the cap."""
+    body = os.urandom(3 * MiB)
+    direct.put_object(Bucket=bucket, Key="big", Body=body)
+    with S3Proxy(moto_url) as proxy:
+        link = Link(LinkShape(rtt_ms=100, mibps=10), proxy.adopt).start()
+        try:
+            s3 = make_client(link.url, attempts=1)
+            t0 = time.monotonic()
+            s3.head_bucket(Bucket=bucket)  # handshake + request
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            s3.head_bucket(Bucket=bucket)  # kept alive: the request's round trip only
+            kept = time.monotonic() - t0
+            t0 = time.monotonic()
+            assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == body
+            transfer = time.monotonic() - t0
+        finally:
+            link.stop()
+        assert proxy.wait_idle()
+        assert proxy.count("HEAD") == 2
+        assert proxy.count("GET", path_contains="/big") == 1
+    assert kept >= 0.1
+    assert first >= 0.2
+    assert transfer >= 0.3 + 0.1  # 3 MiB at 10 MiB/s, plus the round trip
+
+
+def test_serial_round_trips() -> None:
+    """The longest chain of requests each starting after the one before ended."""
+    assert serial_round_trips([]) == 0
+    assert serial_round_trips([(0, 1), (0, 1), (0.5, 2)]) == 1  # all overlap
+    assert serial_round_trips([(0, 1), (1, 2), (2, 3), (0, 3)]) == 3
+    # behind a link of RTT 0.1 the next request arrives at least 0.1 after the last answer
+    assert serial_round_trips([(0, 1), (1.05, 2)], rtt=0.1) == 1
+    assert serial_round_trips([(0, 1), (1.1, 2), (0.5, 2.5), (2.6, 3)], rtt=0.1) == 3
