@@ -1,0 +1,56 @@
+"""The registry's digest-named link files, kept after their first read."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from s3fs_registry import metrics
+
+
+@dataclass
+class LinkCache:
+    """Contents of the registry's digest-named link files, kept after their first read.
+
+    A link under `_layers/<alg>/<hex>/`, `_manifests/revisions/<alg>/<hex>/` or a tag's
+    `index/<alg>/<hex>/` holds the digest its own path names, nothing else, ever: while the
+    file exists (which lookups keep asking S3, within the metadata TTL) its bytes cannot
+    change. The registry reads each of them several times per pull (blob access checks,
+    then the blob's descriptor); the native driver's count of GETs is reached only by not
+    asking again. Entries are also keyed by ETag, so bytes someone wrote there by hand are
+    never served in place of the new ones once the mount has seen the new ETag.
+    """
+
+    PATH = re.compile(
+        r"docker/registry/v2/repositories/.+/"
+        r"(_layers|_manifests/revisions|_manifests/tags/[^/]+/index)/[^/]+/[^/]+/link"
+    )
+    MAX_SIZE = 1024  # a link is "<alg>:<hex>": 71 bytes for sha256
+
+    def __init__(self, prefix: str, entries: int = 8192) -> None:
+        self._prefix = prefix
+        self._entries = entries
+        self._data: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    def holds(self, key: str) -> bool:
+        """Whether `key` is a link file whose bytes this cache may keep."""
+        return self.PATH.fullmatch(key[len(self._prefix) :]) is not None
+
+    def get(self, key: str, etag: str, size: int) -> bytes | None:
+        kept = self._data.get(key)
+        if kept is None or not etag or kept[0] != etag or len(kept[1]) != size:
+            if self.holds(key):  # (a GET follows: the regex costs nothing next to it)
+                metrics.LINKS_MISS.inc()
+            return None
+        metrics.LINKS_HIT.inc()
+        self._data.move_to_end(key)
+        return kept[1]
+
+    def put(self, key: str, etag: str, data: bytes) -> None:
+        if not etag or len(data) > self.MAX_SIZE or not self.holds(key):
+            return
+        self._data[key] = (etag, data)
+        self._data.move_to_end(key)
+        while len(self._data) > self._entries:
+            self._data.popitem(last=False)
