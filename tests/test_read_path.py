@@ -199,4 +199,3 @@ def test_too_short_a_range_is_never_handed_on(pm: Mount, proxy: S3Proxy, big: by
     finally:
         os.close(fd)
         proxy.clear_faults()
-

@@ -14,7 +14,7 @@ speed whatever the reader does with it later.
 
 *Deciding.* The limit starts at 1 and doubles (1, 2, 4, 8, ... up to `most`) as long as
 the aggregate measured at the new level is worth the extra streams: each added stream must
-deliver at least half of what one stream delivered before (`GAIN`). When it does not, the
+add at least a fifth of what one stream delivered before (`GAIN`). When it does not, the
 limit goes back to the previous level and stays there; every `PROBE_S` seconds it tries
 one level higher again, since links and load change. On a link that caps each connection
 (a real network) the aggregate grows with every stream and the limit climbs to `most`; on
@@ -42,7 +42,7 @@ from s3fs_registry import metrics
 
 log = logging.getLogger(__name__)
 
-GAIN = 0.5  # each added stream must add at least this share of one stream's throughput
+GAIN = 0.2  # each added stream must add at least this share of what one delivered
 PROBE_S = 30.0  # after settling, try one level higher again this often
 SMOOTHING = 0.5  # weight of a new sample in a level's moving average
 
@@ -62,10 +62,12 @@ class _Level:
 
     rate: float = 0.0
     samples: int = 0
+    when: float = 0.0  # time of the last sample
 
-    def add(self, rate: float) -> None:
+    def add(self, rate: float, now: float) -> None:
         self.rate = rate if not self.samples else self.rate + SMOOTHING * (rate - self.rate)
         self.samples += 1
+        self.when = now
 
 
 class Streams:
@@ -81,7 +83,6 @@ class Streams:
         self._held: dict[Hashable, int] = {}
         self._waiting: OrderedDict[Hashable, Callable[[], None]] = OrderedDict()
         self._levels: dict[int, _Level] = {}
-        self._previous = 0  # the limit before the last growth; 0: none to compare with
         self._settled_at: float | None = None
         metrics.READ_STREAM_LIMIT.set(self.limit)
 
@@ -151,40 +152,47 @@ class Streams:
     # -- learning --------------------------------------------------------------------------
 
     def _learn(self, level: int, rate: float) -> None:
-        self._levels.setdefault(level, _Level()).add(rate)
-        if level != self.limit or self._levels[level].samples < max(2, level // 2):
+        """Record a sample; at (or, forced by many readers, above) the limit, decide.
+
+        The concurrency running is `level`. Against the best-known fewer streams (the
+        highest lower level with recent samples) it must be worth its extra streams, else
+        the limit goes back to that level; if it is, or there is nothing to compare with,
+        the limit doubles from `level`.
+        """
+        now = self._clock()
+        self._levels.setdefault(level, _Level()).add(rate, now)
+        if level < self.limit or self._levels[level].samples < min(level, 2):
             return
         if self._settled_at is not None:
-            if self._clock() - self._settled_at >= PROBE_S:
-                self._grow()
+            if now - self._settled_at >= PROBE_S:
+                self._grow(level)
             return
-        if not self._previous:
-            self._grow()
+        lower = [n for n, v in self._levels.items() if n < level and now - v.when < 2 * PROBE_S]
+        if not lower:
+            self._grow(level)
             return
-        before = self._levels.get(self._previous)
-        now = self._levels[level].rate
-        wanted = 1 + GAIN * (level / self._previous - 1)
-        if before is None or now >= before.rate * wanted:
-            self._grow()
-        else:
-            log.debug(
-                "read streams: %d deliver %.0f MiB/s, %d delivered %.0f: staying at %d",
-                level,
-                now / 2**20,
-                self._previous,
-                before.rate / 2**20,
-                self._previous,
-            )
-            self._set(self._previous)
-            self._settled_at = self._clock()
+        base = max(lower)
+        before, current = self._levels[base].rate, self._levels[level].rate
+        if current >= before * (1 + GAIN * (level / base - 1)):
+            self._grow(level)
+            return
+        log.debug(
+            "read streams: %d deliver %.0f MiB/s, %d delivered %.0f: staying at %d",
+            level,
+            current / 2**20,
+            base,
+            before / 2**20,
+            base,
+        )
+        self._set(base)
+        self._settled_at = now
 
-    def _grow(self) -> None:
-        if self.limit >= self.most:
+    def _grow(self, level: int) -> None:
+        self._settled_at = None
+        higher = min(self.most, max(self.limit, level) * 2)
+        if higher <= self.limit:
             self._settled_at = self._clock()
             return
-        self._previous = self.limit
-        self._settled_at = None
-        higher = min(self.most, self.limit * 2)
         self._levels.pop(higher, None)  # judge the new level by fresh samples only
         self._set(higher)
         self._wake()
