@@ -121,7 +121,11 @@ def _mount(args: argparse.Namespace, config: Config) -> int:
 def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
     mount = config.mount
     setup_logging(
-        mount.log_level, mount.log_file, syslog=notify_fd >= 0, secrets=[config.s3.secretkey]
+        mount.log_level,
+        mount.log_file,
+        syslog=notify_fd >= 0,
+        secrets=[config.s3.secretkey],
+        s3_requests=config.s3.loglevel != "off",
     )
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -204,7 +208,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(config: Config) -> int:
-    setup_logging("warning", secrets=[config.s3.secretkey])
+    setup_logging("warning", secrets=[config.s3.secretkey], s3_requests=config.s3.loglevel != "off")
     store = Store(config.s3, config.mount)
 
     async def probe() -> int:

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
+#: the per-request lines of store.py, shown whatever the level when storage.s3.loglevel is set
+S3_REQUESTS_LOGGER = "s3fs_registry.store"
 QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer", "pyfuse3", "trio")
 _SIGNATURE = re.compile(r"((?:Signature|X-Amz-Signature|X-Amz-Security-Token)=)[^&\s]+")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,9 +48,18 @@ class RedactingFilter(logging.Filter):
 
 
 def setup_logging(
-    level: str, log_file: str = "", *, syslog: bool = False, secrets: Iterable[str] = ()
+    level: str,
+    log_file: str = "",
+    *,
+    syslog: bool = False,
+    secrets: Iterable[str] = (),
+    s3_requests: bool = False,
 ) -> None:
-    """Configure the root logger once: stderr, a file, or syslog (background mode)."""
+    """Configure the root logger once: stderr, a file, or syslog (background mode).
+
+    `s3_requests` (registry v3's `storage.s3.loglevel` other than off) logs every S3 request
+    whatever `level` is, as the registry's SDK logger prints whatever the registry's level.
+    """
     handler: logging.Handler
     if log_file:
         handler = logging.FileHandler(log_file)
@@ -68,6 +79,7 @@ def setup_logging(
     root.setLevel(level.upper())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger(S3_REQUESTS_LOGGER).setLevel(logging.DEBUG if s3_requests else logging.NOTSET)
 
 
 def _environment_secrets() -> list[str]:

@@ -32,6 +32,10 @@ class S3Config:
     objectacl: str = "private"
     useragent: str = ""
     forcepathstyle: bool = False
+    usedualstack: bool = False
+    accelerate: bool = False
+    usefipsendpoint: bool = False
+    loglevel: str = "off"
 
     def endpoint_url(self) -> str | None:
         """The endpoint for boto3; `secure` picks the scheme unless one is given (SDK AddScheme)."""

@@ -27,6 +27,7 @@ from s3fs_registry.config.values import (
     _UNSET,
     IP_FILTERS,
     OBJECT_ACLS,
+    S3_LOG_LEVELS,
     STORAGE_CLASSES,
     Parser,
     _duration_ns,
@@ -53,6 +54,20 @@ def _go_bool(label: str) -> Parser:
         )
 
     return parse
+
+
+def _s3_log_level(value: Any, warnings: list[str]) -> str:
+    """v3.1 getS3LogLevelFromParam: a string, case-insensitive; YAML false ("off" unquoted),
+    another type or an unknown string means off. The registry says nothing; this warns."""
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value.lower() in S3_LOG_LEVELS:
+        return value.lower()
+    warnings.append(
+        f"{_show(value)} is not one of {', '.join(S3_LOG_LEVELS)}: the registry treats it as "
+        "off, and so does this daemon"
+    )
+    return "off"
 
 
 def _go_int64(label: str, value: Any) -> int:

@@ -28,6 +28,7 @@ from s3fs_registry.config.parsers import (
     _mode,
     _object_acl,
     _private_key,
+    _s3_log_level,
     _seconds,
     _size,
     _storage_class,
@@ -39,6 +40,7 @@ from s3fs_registry.config.values import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     OBJECT_ACLS,
+    S3_LOG_LEVELS,
     STORAGE_CLASSES,
     KiB,
     MiB,
@@ -62,6 +64,8 @@ class Setting:
     required: str = ""
     #: how the docs show the default
     show: Callable[[Any], str] = repr
+    #: storage.s3: the registry release that introduced it ("2.x": the 2.x line, in 2.8)
+    since: str = ""
 
 
 def _doc_size(n: int) -> str:
@@ -152,18 +156,36 @@ S3_SETTINGS: tuple[Setting, ...] = (
             "Appended to the User-Agent of every S3 request.", env="string", show=_doc_plain),
     Setting("forcepathstyle", _go_bool("forcepathstyle"), "boolean",
             "Path-style addressing without `regionendpoint` (registry v3's parameter).",
-            show=_doc_plain),
+            show=_doc_plain, since="3.0"),
+    Setting("usedualstack", _go_bool("usedualstack"), "boolean",
+            "AWS dual-stack (IPv4 and IPv6) endpoints (`s3.dualstack.<region>.amazonaws.com`). "
+            "No effect with `regionendpoint`, as in the registry.", show=_doc_plain,
+            since="3.0"),
+    Setting("accelerate", _go_bool("accelerate"), "boolean",
+            "S3 Transfer Acceleration (`<bucket>.s3-accelerate.amazonaws.com`). Refused with "
+            "`regionendpoint`, with `usefipsendpoint` and for a bucket name with dots, which "
+            "acceleration cannot serve; `forcepathstyle` is ignored, as in the registry.",
+            show=_doc_plain, since="3.0"),
+    Setting("usefipsendpoint", _go_bool("usefipsendpoint"), "boolean",
+            "AWS FIPS endpoints (`s3-fips.<region>.amazonaws.com`). No effect with "
+            "`regionendpoint`, as in the registry.", show=_doc_plain, since="3.1"),
+    Setting("loglevel", _s3_log_level, "`" + "`, `".join(S3_LOG_LEVELS) + "` "
+            "(case-insensitive; anything else is `off`)",
+            "Logging of S3 requests, whatever `mount.log_level`: `debug` and the other values "
+            "log one line per request attempt (operation, key, size, status, latency, "
+            "outcome); `debugwithsigning` adds what was signed (signed headers, payload hash; "
+            "never the signature or a token); `debugwithhttpbody` adds the request and "
+            "response headers and the XML bodies (object data only as a byte count).",
+            env="string", show=_doc_plain, since="3.0"),
 )  # fmt: skip
 
 #: storage.s3 keys the registry knows but a mount does not use: key -> why it is ignored
 _S3_IGNORED = {
-    "sessiontoken": "not a parameter of the registry's S3 driver (use AWS_SESSION_TOKEN)",
+    "sessiontoken": "not a parameter of the registry's S3 driver (v3 has the field but never "
+    "reads it): session credentials come from the default AWS credential chain "
+    "(AWS_SESSION_TOKEN, a profile, an instance or task role)",
     "credentialsconfigpath": "not a parameter of the registry's S3 driver "
     "(use AWS_SHARED_CREDENTIALS_FILE)",
-    "accelerate": "a registry v3 parameter this daemon does not support",
-    "usedualstack": "a registry v3 parameter this daemon does not support",
-    "usefipsendpoint": "a registry v3 parameter this daemon does not support",
-    "loglevel": "a registry v3 parameter; use mount.log_level",
     "redirectendpoint": "a registry v3 parameter about client redirects; a mount has none",
 }
 
@@ -279,13 +301,22 @@ def _defaults(cls: type[Any]) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
-def _reference_table(table: Iterable[Setting], defaults: Mapping[str, Any]) -> list[str]:
-    lines = ["| Setting | Default | Allowed | Meaning |", "|---|---|---|---|"]
+def _reference_table(
+    table: Iterable[Setting], defaults: Mapping[str, Any], since: bool = False
+) -> list[str]:
+    """One settings table; `since` adds the registry release that introduced each setting."""
+    columns = ["Setting", "Registry", "Default", "Allowed", "Meaning"]
+    if not since:
+        columns.remove("Registry")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for setting in table:
         default = defaults[setting.name]
         required = default is dataclasses.MISSING or setting.required
         shown = "required" if required else setting.show(default)
-        lines.append(f"| `{setting.name}` | {shown} | {setting.allowed} | {setting.help} |")
+        version = f" {setting.since or '2.x'} |" if since else ""
+        lines.append(
+            f"| `{setting.name}` |{version} {shown} | {setting.allowed} | {setting.help} |"
+        )
     return lines
 
 
@@ -293,7 +324,7 @@ def render_reference() -> str:
     """The settings tables of doc/CONFIGURATION.md, generated from the tables above."""
     parts = [
         "### `storage.s3` (environment: `REGISTRY_STORAGE_S3_<PARAM>`)", "",
-        *_reference_table(S3_SETTINGS, _defaults(S3Config)), "",
+        *_reference_table(S3_SETTINGS, _defaults(S3Config), since=True), "",
         "### `middleware.storage[].options` of `name: cloudfront`", "",
         *_reference_table(CLOUDFRONT_SETTINGS, _defaults(CloudFrontConfig)), "",
         "### `mount` (environment: `REGISTRY_MOUNT_<SETTING>`)", "",
