@@ -13,9 +13,12 @@ MD5 of the part ETags), an AbortMultipartUpload of a gone upload is done, and De
 is idempotent.
 
 Every object write carries the registry driver's headers (Content-Type
-application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and a checksum
-of its body that S3 verifies (the signed SHA-256 payload hash with SigV4, Content-MD5 with
-SigV2); every GET is checked for status, length and range before its bytes are handed on.
+application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and checksums of
+its body that S3 verifies: Content-MD5 on PutObject, UploadPart and DeleteObjects, as the
+registry's driver (aws-sdk-go v1) sends it, plus with SigV4 the signed SHA-256 payload hash;
+never botocore's newer x-amz-checksum-* headers, which that driver does not send and some
+S3-compatible stores refuse. Every GET is checked for status, length and range before its
+bytes are handed on.
 """
 
 from __future__ import annotations
@@ -257,9 +260,8 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
             "addressing_style": "path" if s3.path_style() and not s3.accelerate else "auto",
             "use_accelerate_endpoint": s3.accelerate,
             # SigV4 signs every body's SHA-256 (x-amz-content-sha256), which S3 and Ceph RGW
-            # verify (XAmzContentSHA256Mismatch): the upload checksum, also over https. It
-            # costs less CPU than Content-MD5 (SHA-256 runs at 1.7 GB/s here, MD5 at 0.7),
-            # and RGW ignores the newer x-amz-checksum-* headers. SigV2 sends Content-MD5.
+            # verify (XAmzContentSHA256Mismatch), also over https, as aws-sdk-go v1 does;
+            # Content-MD5 comes on top (Store._checksum), as that SDK sends it too
             "payload_signing_enabled": s3.v4auth,
         },
         # as the registry: only `true` is applied, else the SDK's own settings decide
@@ -290,6 +292,7 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
         "s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify, use_ssl=s3.secure
     )
     client.meta.events.register("before-send.s3", _drop_expect_header)
+    client.meta.events.register_last("before-call.s3", _md5_not_flexible_checksums)
     if s3.loglevel in ("debugwithsigning", "debugwithhttpbody"):
         client.meta.events.register("before-send.s3", functools.partial(_log_sent, s3.loglevel))
     if s3.loglevel == "debugwithhttpbody":
@@ -325,6 +328,26 @@ def fast_timestamp(value: str) -> datetime.datetime:
     except (TypeError, ValueError):
         parsed: datetime.datetime = botocore.parsers.DEFAULT_TIMESTAMP_PARSER(value)
         return parsed
+
+
+#: operations botocore gives a checksum of its own (httpChecksumRequired) that this daemon uses
+_CHECKSUM_REQUIRED = {"DeleteObjects"}
+
+
+def _md5_not_flexible_checksums(model: Any, params: dict[str, Any], **_: Any) -> None:
+    """Checksums as the registry's driver sends them: Content-MD5, no x-amz-checksum-*.
+
+    botocore >= 1.36 gives operations that require a checksum (DeleteObjects) a CRC32 in
+    `x-amz-checksum-crc32` plus `x-amz-sdk-checksum-algorithm`, even with
+    request_checksum_calculation "when_required"; stores that predate those headers refuse
+    them, and stores that insist on Content-MD5 refuse the request without it. Runs last
+    before the call, on the final body.
+    """
+    checksum = params.get("context", {}).get("checksum", {})
+    checksum.pop("request_algorithm", None)
+    checksum.pop("request_algorithm_header", None)
+    if model.name in _CHECKSUM_REQUIRED and "Content-MD5" not in params["headers"]:
+        params["headers"]["Content-MD5"] = content_md5(params["body"])
 
 
 def _drop_expect_header(request: Any, **_: Any) -> None:
@@ -525,8 +548,9 @@ class Store:
         return self._bucket
 
     def _checksum(self, body: bytes | bytearray) -> dict[str, str]:
-        """Content-MD5 for SigV2; with SigV4 the signed payload hash is the checksum."""
-        return {} if self._s3.v4auth else {"ContentMD5": content_md5(body)}
+        """Content-MD5, as the registry's driver sends it (SigV4 and SigV2): S3 refuses the
+        body if it differs, and some S3-compatible stores refuse a write without it."""
+        return {"ContentMD5": content_md5(body)}
 
     def _object_write_args(self) -> dict[str, str]:
         """Headers of every object write, exactly as the registry's S3 driver sends them."""
