@@ -230,3 +230,22 @@ def test_two_mounts_two_registries(
             location.replace(second.netloc, stack.registry.netloc), digest, data[2 * MiB :]
         )
         assert two.get_blob("replicas/chunked", digest) == data
+
+
+def test_dropped_upload_of_a_blob_that_exists_leaves_no_multipart_upload(stack: Stack) -> None:
+    """A monolithic POST + PUT of a blob another repository holds (podman pushing a known
+    layer to a new repository): the registry finds the blob, drops its upload, and the
+    upload's data, a multipart upload kept open, is aborted with it."""
+    client = stack.registry.client
+    data = random_layer(20 * MiB, 4242)
+    digest = client.upload_blob("known/one", data)
+    location = client.start_upload("known/two")
+    uuid = location.split("/uploads/")[1].split("?")[0]
+    assert client.complete_upload(location, digest, data) == digest
+    assert client.get_blob("known/two", digest) == data
+    mount = stack.mount
+    pending = [
+        u["Key"] for u in mount.server.uploads(mount.bucket, mount.prefix) if uuid in u["Key"]
+    ]
+    assert pending == [], pending
+    assert not [k for k in mount.object_keys() if uuid in k]
