@@ -119,6 +119,17 @@ def _mount(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
+    signals = daemon.Signals()
+    signals.install()  # first: no stage of the daemon is left to a signal's default action
+    try:
+        return _serve_foreground(config, mountpoint, notify_fd, signals)
+    finally:
+        signals.ignore_all()
+
+
+def _serve_foreground(
+    config: Config, mountpoint: str, notify_fd: int, signals: daemon.Signals
+) -> int:
     mount = config.mount
     setup_logging(
         mount.log_level, mount.log_file, syslog=notify_fd >= 0, secrets=[config.s3.secretkey]
@@ -135,7 +146,7 @@ def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
         _tell_parent(notify_fd, "READY")
 
     try:
-        return daemon.run(config, mountpoint, ready)
+        return daemon.run(config, mountpoint, ready, signals)
     except StartupError as exc:
         log.error("%s", exc)
         _tell_parent(notify_fd, str(exc))

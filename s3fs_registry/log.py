@@ -8,12 +8,13 @@ final message of every record with `***`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,30 @@ def setup_logging(
     root.setLevel(level.upper())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def reopen_log_file() -> str:
+    """Reopen the log file under its name (SIGHUP: logrotate has moved the old one away).
+
+    Returns the file's path, or "" when the daemon does not log to a file.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            with _locked(handler):
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            return handler.baseFilename
+    return ""
+
+
+@contextlib.contextmanager
+def _locked(handler: logging.Handler) -> Iterator[None]:
+    handler.acquire()
+    try:
+        yield
+    finally:
+        handler.release()
 
 
 def _environment_secrets() -> list[str]:
