@@ -22,6 +22,7 @@ QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer", "pyfuse3", "tri
 _SIGNATURE = re.compile(r"((?:Signature|X-Amz-Signature|X-Amz-Security-Token)=)[^&\s]+")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
+SYSLOG_SOCKET = "/dev/log"
 
 
 class RedactingFilter(logging.Filter):
@@ -46,6 +47,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def syslog_available() -> bool:
+    return os.path.exists(SYSLOG_SOCKET)
+
+
+def default_log_file(mountpoint: str) -> str:
+    """Where a background daemon logs when it has neither `mount.log_file` nor a syslog
+    socket (a container): a file named after the mount point, so no line is ever lost."""
+    name = mountpoint.strip("/").replace("/", "-") or "root"
+    if os.geteuid() == 0:
+        base = "/var/log/s3fs-registry"
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        base = os.path.join(state, "s3fs-registry")
+    return os.path.join(base, f"{name}.log")
+
+
 def setup_logging(
     level: str, log_file: str = "", *, syslog: bool = False, secrets: Iterable[str] = ()
 ) -> None:
@@ -54,8 +71,8 @@ def setup_logging(
     if log_file:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter(FORMAT))
-    elif syslog and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    elif syslog and syslog_available():
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
         handler.setFormatter(logging.Formatter("s3fs-registry[%(process)d]: " + JOURNAL_FORMAT))
     else:
         handler = logging.StreamHandler(sys.stderr)

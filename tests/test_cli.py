@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from s3fs_registry import log as daemon_log
 from tests.conftest import MountFactory
-from tests.mounts import REPO, S3Server, free_port, s3_config
+from tests.mounts import REPO, S3Server, free_port, s3_config, wait_until
 
 SECRET = "sekrit-value-never-logged-0123456789"
 
@@ -141,6 +142,31 @@ def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) ->
     while "unmounted" not in (tmp_path / "daemon.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "unmounted" in (tmp_path / "daemon.log").read_text()
+
+
+def test_background_without_log_file_or_syslog_loses_no_line(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    """No mount.log_file and no /dev/log (a container): the warning about a misspelt
+    storage.s3 key reaches the operator from `mount` itself, and the daemon logs to the
+    default file it names, from the warning to the clean unmount."""
+    assert not os.path.exists("/dev/log"), "this test needs a machine without syslog"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    block = {**s3_config(moto, moto.new_bucket()), "chunkSize": 5 * 1024 * 1024}
+    config = write_config(tmp_path / "c.yml", block)
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 0, result.stderr
+    log_file = Path(daemon_log.default_log_file(str(mnt)))
+    try:
+        warning = "chunkSize: parameter names are lower-case"
+        assert f"warning: {config}: storage.s3.{warning}" in result.stderr, result.stderr
+        assert str(log_file) in result.stderr
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert wait_until(lambda: "unmounted" in log_file.read_text(), 20)
+        assert warning in log_file.read_text() and "mounted" in log_file.read_text()
+    finally:
+        log_file.unlink(missing_ok=True)
 
 
 def test_environment_overrides_the_file(moto: S3Server, mount_factory: MountFactory) -> None:

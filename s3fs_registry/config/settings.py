@@ -243,7 +243,10 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", _choice("log_level", LOG_LEVELS), "`" + "`, `".join(LOG_LEVELS) + "`",
             "Log level (case-insensitive).", env="string", show=_doc_plain),
     Setting("log_file", _string("log_file"), "path",
-            "Log file; empty means stderr in the foreground, syslog in the background.",
+            "Log file, reopened on SIGHUP (logrotate). Empty: stderr in the foreground; in the "
+            "background syslog, or without a syslog socket (`/dev/log`, as in containers) "
+            "`/var/log/s3fs-registry/<mount point, / as ->.log` (`~/.local/state/s3fs-registry/` "
+            "when not root), which `mount` names when it returns.",
             env="string", show=_doc_plain),
     Setting("janitor", _go_bool("janitor"), "boolean",
             "Abort stale multipart uploads under `rootdirectory`.", show=_doc_plain),
