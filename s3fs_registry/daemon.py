@@ -13,8 +13,11 @@ the process (and leave a dead mount behind) is logged and ignored.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import logging
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -27,7 +30,7 @@ import trio
 from s3fs_registry import metrics
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
 from s3fs_registry.cloudfront import CloudFrontFetcher
-from s3fs_registry.config import Config
+from s3fs_registry.config import Config, MountConfig
 from s3fs_registry.errors import (
     AccessDeniedError,
     CredentialsError,
@@ -164,10 +167,49 @@ async def verify_bucket(store: Store, config: Config) -> None:
         raise StartupError(f"cannot list {where}: {exc}", EXIT_UNEXPECTED) from None
 
 
-def fuse_options(config: Config, fsname: str) -> set[str]:
+def resolve_ownership(mount: MountConfig, mountpoint: str) -> MountConfig:
+    """`mount` with the uid, gid and allow_other the mount uses.
+
+    uid/gid -1 take the mount point's owner and group, read before mounting: Debian's
+    `/var/lib/docker-registry` belongs to `docker-registry`, the user its registry unit runs
+    as, so the registry can write to the mount unchanged. `allow_other: auto` turns FUSE's
+    allow_other on exactly when those are not the daemon's own, since FUSE would otherwise
+    refuse every other user, the files' owner included.
+    """
+    info = os.stat(mountpoint)
+    uid = mount.uid if mount.uid >= 0 else info.st_uid
+    gid = mount.gid if mount.gid >= 0 else info.st_gid
+    allow_other = mount.allow_other
+    if allow_other is None:
+        allow_other = (uid, gid) != (os.geteuid(), os.getegid())
+    if (uid, gid) != (os.geteuid(), os.getegid()) or allow_other:
+        log.info(
+            "files belong to %s:%s; other users %s",
+            _user_name(uid),
+            _group_name(gid),
+            "may enter (allow_other)" if allow_other else "may not enter (allow_other off)",
+        )
+    return dataclasses.replace(mount, uid=uid, gid=gid, allow_other=allow_other)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} ({gid})"
+    except KeyError:
+        return str(gid)
+
+
+def fuse_options(mount: MountConfig, fsname: str) -> set[str]:
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
     options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
-    if config.mount.allow_other:
+    if mount.allow_other:
         options.add("allow_other")
     return options
 
@@ -369,8 +411,9 @@ async def _mount_and_serve(
         if _stopped_before_mounting(signals):
             return EXIT_OK
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
+        mount = resolve_ownership(mount, mountpoint)
         try:
-            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(config, fsname))
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(mount, fsname))
         except RuntimeError as exc:
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         background.start_soon(_raise_kernel_readahead_after_init, mountpoint)

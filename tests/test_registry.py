@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,6 +167,43 @@ def test_new_repository_keeps_its_directories_when_its_only_upload_goes(stack: S
     repo = stack.mount.path / V2 / "repositories/fresh/repo"
     assert os.path.isdir(repo / "_uploads") and os.listdir(repo) == ["_uploads"]
     assert not [k for k in stack.mount.object_keys() if "fresh/repo" in k]
+
+
+def test_debian_registry_as_its_own_user_on_a_mount_point_it_owns(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    """Debian's unit runs the registry as `docker-registry`, who owns /var/lib/docker-registry.
+    With no ownership setting at all, the mount takes the mount point's owner and turns
+    allow_other on: the registry, run as that user (setpriv), takes a skopeo push."""
+    user = pwd.getpwnam("docker-registry")
+    base = Path(tempfile.mkdtemp(prefix="s3fs-registry-deb-"))
+    try:
+        base.chmod(0o755)  # the registry's user must reach its config and the mount point
+        mount = Mount(base / "mount", moto, moto.new_bucket())
+        os.chown(mount.path, user.pw_uid, user.pw_gid)
+        mount.start()
+        wrapper = base / "registry-as-docker-registry"
+        wrapper.write_text(
+            "#!/bin/sh\nexec setpriv --reuid=docker-registry --regid=docker-registry "
+            '--init-groups docker-registry "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        try:
+            with Registry(mount.path, workdir=base / "registry", binary=str(wrapper)) as reg:
+                assert reg.proc is not None
+                status = Path(f"/proc/{reg.proc.pid}/status").read_text()
+                assert f"Uid:\t{user.pw_uid}\t" in status, status
+                info = image(tmp_path, "deb", 12, (CHUNK + 5, 3000))
+                push(tmp_path / "deb", reg.url, "debian/app:1")
+                check_pull(Stack(mount, reg, tmp_path), "debian/app:1", info, tmp_path / "p")
+            layer = mount.path / blob_key(info.layer_digests[0])
+            owner = os.stat(layer)
+            assert (owner.st_uid, owner.st_gid) == (user.pw_uid, user.pw_gid)
+            assert mount.object(blob_key(info.layer_digests[0])) == random_layer(CHUNK + 5, 1200)
+        finally:
+            assert mount.stop() == 0, mount.log()[-3000:]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_delete_and_garbage_collect(

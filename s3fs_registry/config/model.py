@@ -118,7 +118,7 @@ class MountConfig:
     gid: int = -1
     file_mode: int = 0o644
     dir_mode: int = 0o755
-    allow_other: bool = False
+    allow_other: bool | None = None  # None: auto, on when uid or gid is not the daemon's
     log_level: str = "info"
     log_file: str = ""
     janitor: bool = True
