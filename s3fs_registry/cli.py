@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import trio
 
 from s3fs_registry import __version__, daemon
-from s3fs_registry.check import PermissionCheck, format_table
+from s3fs_registry import check as permissions
 from s3fs_registry.config import MOUNT_ENV_PREFIX, Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
 from s3fs_registry.log import (
@@ -260,16 +260,12 @@ def _check(config: Config) -> int:
         except StartupError as exc:
             if exc.exit_code != daemon.EXIT_PERMISSION:  # a refused ListBucket shows in the table
                 raise
-        check = PermissionCheck(store, config)
-        try:
-            outcomes = await check.run()
-        finally:
-            await check.cleanup()
+        outcomes = await permissions.probe(store, config)
         print(
             f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
             f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}"
         )
-        print(format_table(outcomes))
+        print(permissions.format_table(outcomes))
         missing = [o.permission for o in outcomes if not o.granted]
         if missing:
             print(f"missing: {', '.join('s3:' + m for m in missing)}")

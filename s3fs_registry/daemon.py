@@ -29,6 +29,7 @@ import trio
 
 from s3fs_registry import metrics
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
+from s3fs_registry.check import probe
 from s3fs_registry.cloudfront import CloudFrontFetcher
 from s3fs_registry.config import Config, MountConfig
 from s3fs_registry.errors import (
@@ -206,6 +207,31 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+async def require_permissions(store: Store, config: Config) -> None:
+    """The probe of `s3fs-registry check`, at start: a mount without a permission the
+    registry needs would fail later, on the registry's first push or cancel, so it stops
+    now with check's exit code and the actions' names (unless mount.check_permissions is
+    off)."""
+    s3 = config.s3
+    where = f"s3://{s3.bucket}/{s3.key_prefix()}"
+    try:
+        outcomes = await probe(store, config)
+    except CredentialsError as exc:
+        raise StartupError(f"S3 rejected the credentials ({exc.code})", EXIT_CREDENTIALS) from None
+    except TransientError as exc:
+        raise StartupError(f"permission probe on {where}: {exc}", EXIT_UNREACHABLE) from None
+    except StoreError as exc:
+        raise StartupError(f"permission probe on {where} failed: {exc}", EXIT_UNEXPECTED) from None
+    missing = [f"s3:{o.permission}" for o in outcomes if not o.granted]
+    if missing:
+        raise StartupError(
+            f"permission {', '.join(missing)} refused on {where}; `s3fs-registry check` shows "
+            "each permission (set mount.check_permissions: false to mount without this probe)",
+            EXIT_PERMISSION,
+        )
+    log.info("all %d permissions the registry needs are granted on %s", len(outcomes), where)
+
+
 def fuse_options(mount: MountConfig, fsname: str) -> set[str]:
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
     options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
@@ -375,6 +401,8 @@ async def _mount_and_serve(
 ) -> int:
     with trio.CancelScope() as starting, signals.stopping_with(starting.cancel):
         await verify_bucket(store, config)
+        if config.mount.check_permissions:
+            await require_permissions(store, config)
     if _stopped_before_mounting(signals):
         return EXIT_OK
     mount = config.mount

@@ -275,6 +275,42 @@ def test_check_and_mount_with_refused_permissions(rgw: S3Server, tmp_path: Path)
     assert result.returncode in (4, 6)
 
 
+def test_mount_stops_on_a_missing_permission_unless_the_probe_is_off(
+    rgw: S3Server, tmp_path: Path
+) -> None:
+    """`check` exits 6 for this user; so does `mount`, naming the refused actions, and
+    nothing is mounted; with REGISTRY_MOUNT_CHECK_PERMISSIONS=false it mounts."""
+    bucket = rgw.new_bucket()
+    access, secret = _restricted_user(
+        rgw, bucket, ["ListBucket", "GetBucketLocation", "PutObject", "GetObject"]
+    )
+    config = write_config(
+        tmp_path / "c.yml", s3_config(rgw, bucket, accesskey=access, secretkey=secret)
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for foreground in ([], ["--foreground"]):
+        result = run("mount", *foreground, "--config", str(config), str(mnt))
+        assert result.returncode == 6, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        for action in ("s3:ListBucketMultipartUploads", "s3:DeleteObject"):
+            assert action in line, line
+        assert "check_permissions" in line and not os.path.ismount(mnt)
+    result = run(
+        "mount",
+        "--config",
+        str(config),
+        str(mnt),
+        env={"REGISTRY_MOUNT_CHECK_PERMISSIONS": "false"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(mnt)
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    # what the probes could not remove without DeleteObject and AbortMultipartUpload
+    leftovers = rgw.keys(bucket) + [u["Key"] for u in rgw.uploads(bucket)]
+    assert all("/s3fs-registry-check-" in key for key in leftovers), leftovers
+
+
 def test_wrong_credentials(rgw: S3Server, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -129,6 +129,7 @@ class MountConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     metrics_addr: str = ""
+    check_permissions: bool = True
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,11 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "bound on 127.0.0.1 only; every interface only when written out (`0.0.0.0:PORT`, "
             "`[::]:PORT`). A port that cannot be bound stops the daemon at start.",
             env="string", show=_doc_plain),
+    Setting("check_permissions", _go_bool("check_permissions"), "boolean",
+            "At start, probe each S3 permission the registry needs as `s3fs-registry check` "
+            "does (on a scratch key under `rootdirectory`, removed afterwards; 9 requests) and "
+            "stop with exit code 6 naming the refused actions. `false` mounts without the "
+            "probe (a read-only replica).", show=_doc_plain),
 )  # fmt: skip
 
 
