@@ -7,6 +7,10 @@ child says the mount is usable, or reports its one-line error and exit code.
 `status` asks a running daemon over its control socket (status.py); it reads no
 configuration.
 
+`s3fs-registry CONFIG MOUNTPOINT [-o OPTIONS]`, the form `mount.fuse3` runs for
+`mount -t fuse.s3fs-registry`, fstab and systemd `.mount` units, is the background `mount`
+with the options of mounthelper.py.
+
 Exit codes: 0 ok; 1 unexpected error; 2 bad command line or configuration; 3 S3 endpoint
 unreachable; 4 credentials rejected; 5 bucket missing; 6 permission missing; 7 cannot mount
 (mount point); 8 uploads pending at shutdown failed; 9 (status) not an s3fs-registry mount;
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 
 import trio
 
-from s3fs_registry import __version__, daemon
+from s3fs_registry import __version__, daemon, mounthelper
 from s3fs_registry.check import PermissionCheck, format_table
 from s3fs_registry.config import Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stay attached (systemd, tests); logs go to stderr",
     )
     mount.add_argument("--notify-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    mount.add_argument("--fuse-flags", default="", help=argparse.SUPPRESS)
     mount.add_argument("mountpoint")
     check = sub.add_parser("check", help="validate the configuration and probe the S3 permissions")
     _add_config(check)
@@ -81,11 +86,38 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+COMMANDS = ("mount", "check", "status")
+
+
+def build_helper_parser() -> argparse.ArgumentParser:
+    """The command line `mount.fuse3` gives a FUSE file system: SOURCE MOUNTPOINT -o OPTS."""
+    parser = argparse.ArgumentParser(
+        prog="s3fs-registry",
+        usage="s3fs-registry CONFIG MOUNTPOINT [-o OPTION[,OPTION...]]",
+        description="Mount as mount(8) does (mount -t fuse.s3fs-registry CONFIG MOUNTPOINT).",
+    )
+    parser.add_argument("config", help="the configuration file")
+    parser.add_argument("mountpoint")
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        help="mount: settings (allow_other, uid=N, ...), FUSE flags (nosuid, ro, ...) and "
+        "mount(8)'s options (_netdev, nofail, x-systemd.*: ignored)",
+    )
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "status":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    helper_form = bool(argv) and argv[0] not in COMMANDS and not argv[0].startswith("-")
+    args = (build_helper_parser() if helper_form else build_parser()).parse_args(argv)
+    if not helper_form and args.command == "status":
         return _status(args)
     try:
+        if helper_form:
+            return _mount_helper(args)
         config = _load(args.config)
         if args.command == "check":
             return _check(config)
@@ -108,17 +140,37 @@ def _fail(message: str, code: int) -> int:
 
 
 def _mount(args: argparse.Namespace, config: Config) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = _mount_point(args.mountpoint)
+    if not args.foreground:
+        return _spawn_daemon(args.config, mountpoint)
+    flags = [flag for flag in args.fuse_flags.split(",") if flag]
+    return _run_foreground(config, mountpoint, args.notify_fd, flags)
+
+
+def _mount_helper(args: argparse.Namespace) -> int:
+    """The mount(8) form: -o settings override the file (and the environment)."""
+    options = mounthelper.parse_options(args.options)
+    environ = mounthelper.with_settings(os.environ, options)
+    try:
+        load_config(args.config, environ, known_regions())
+    except ConfigError as exc:
+        raise mounthelper.explain(exc, options) from None
+    mountpoint = _mount_point(args.mountpoint)
+    return _spawn_daemon(args.config, mountpoint, environ, options.fuse)
+
+
+def _mount_point(path: str) -> str:
+    mountpoint = os.path.abspath(path)
     if not os.path.isdir(mountpoint):
         raise StartupError(f"mount point {mountpoint} is not a directory", 7)
     if os.path.ismount(mountpoint):
         raise StartupError(f"{mountpoint} is already a mount point", 7)
-    if not args.foreground:
-        return _spawn_daemon(args, mountpoint)
-    return _run_foreground(config, mountpoint, args.notify_fd)
+    return mountpoint
 
 
-def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
+def _run_foreground(
+    config: Config, mountpoint: str, notify_fd: int, flags: Sequence[str] = ()
+) -> int:
     mount = config.mount
     setup_logging(
         mount.log_level, mount.log_file, syslog=notify_fd >= 0, secrets=[config.s3.secretkey]
@@ -135,7 +187,7 @@ def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
         _tell_parent(notify_fd, "READY")
 
     try:
-        return daemon.run(config, mountpoint, ready)
+        return daemon.run(config, mountpoint, ready, flags)
     except StartupError as exc:
         log.error("%s", exc)
         _tell_parent(notify_fd, str(exc))
@@ -157,7 +209,12 @@ def _tell_parent(fd: int, line: str) -> None:
         pass
 
 
-def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
+def _spawn_daemon(
+    config_path: str | None,
+    mountpoint: str,
+    environ: dict[str, str] | None = None,
+    flags: Sequence[str] = (),
+) -> int:
     """Start `mount --foreground` detached and wait until it reports READY or an error."""
     read_fd, write_fd = os.pipe()
     command = [
@@ -170,8 +227,10 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
         str(write_fd),
         mountpoint,
     ]
-    if args.config:
-        command[4:4] = ["--config", os.path.abspath(args.config)]
+    if config_path:
+        command[4:4] = ["--config", os.path.abspath(config_path)]
+    if flags:
+        command[4:4] = ["--fuse-flags", ",".join(flags)]
     with open(os.devnull, "r+b") as devnull:
         child = subprocess.Popen(
             command,
@@ -180,6 +239,7 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
             stderr=devnull,
             pass_fds=(write_fd,),
             start_new_session=True,
+            env=environ,
         )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import pyfuse3
 import trio
@@ -140,9 +140,10 @@ async def verify_bucket(store: Store, config: Config) -> None:
         raise StartupError(f"cannot list {where}: {exc}", EXIT_UNEXPECTED) from None
 
 
-def fuse_options(config: Config, fsname: str) -> set[str]:
+def fuse_options(config: Config, fsname: str, flags: Iterable[str] = ()) -> set[str]:
+    """libfuse's options; `flags` are kernel mount flags given to mount(8) (`nosuid`, `ro`)."""
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
+    options |= {f"fsname={fsname}", "subtype=s3fs-registry", *flags}
     if config.mount.allow_other:
         options.add("allow_other")
     return options
@@ -163,12 +164,17 @@ def _blob_source(config: Config, store: Store) -> BlobSource | None:
     return BlobSource(fetcher, store)
 
 
-def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: None) -> int:
+def run(
+    config: Config,
+    mountpoint: str,
+    on_ready: Callable[[], None] = lambda: None,
+    flags: Sequence[str] = (),
+) -> int:
     """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
     endpoint = _metrics_endpoint(config)
     try:
-        return trio.run(_serve, config, store, mountpoint, on_ready)
+        return trio.run(_serve, config, store, mountpoint, on_ready, flags)
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -188,7 +194,11 @@ def _metrics_endpoint(config: Config) -> metrics.Endpoint | None:
 
 
 async def _serve(
-    config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None]
+    config: Config,
+    store: Store,
+    mountpoint: str,
+    on_ready: Callable[[], None],
+    flags: Sequence[str],
 ) -> int:
     await verify_bucket(store, config)
     mount = config.mount
@@ -224,7 +234,8 @@ async def _serve(
             background.start_soon(janitor.run)
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
         try:
-            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(config, fsname))
+            options = fuse_options(config, fsname, flags)
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, options)
         except RuntimeError as exc:
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         background.start_soon(_raise_kernel_readahead_after_init, mountpoint)

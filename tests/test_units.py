@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from s3fs_registry import errors, metrics, status
+from s3fs_registry import errors, metrics, mounthelper, status
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
 from s3fs_registry.fs import fuse_errors
 from s3fs_registry.log import RedactingFilter
@@ -429,3 +429,18 @@ def test_status_report_is_summarised() -> None:
     assert "  x/data: 12.0 MiB written, 10.0 MiB in S3 (2 parts, 1 uploading), for 25s" in text
     assert "memory: 16.0 MiB of 300.0 MiB in use (part 16.0 MiB/300.0 MiB); 2 writer(s)" in text
     assert "last S3 error 2m05s ago (attempt 1, retried): PutObject reg/f: SlowDown" in text
+
+
+def test_mount_options_are_sorted_by_who_takes_them() -> None:
+    """-o of mount(8): its own and systemd's ignored, kernel flags to FUSE, settings to env."""
+    opts = mounthelper.parse_options(
+        ["rw,nosuid,nodev,_netdev,nofail,noauto,x-systemd.automount", "allow_other,uid=102"]
+    )
+    assert opts.fuse == ["rw", "nosuid", "nodev"]
+    assert opts.ignored == ["_netdev", "nofail", "noauto", "x-systemd.automount"]
+    assert opts.environment() == {
+        "REGISTRY_MOUNT_ALLOW_OTHER": "true",
+        "REGISTRY_MOUNT_UID": "102",
+    }
+    with pytest.raises(errors.ConfigError, match="'lazytime' is not known"):
+        mounthelper.parse_options(["lazytime"])
