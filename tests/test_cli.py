@@ -21,6 +21,11 @@ from tests.conftest import MountFactory
 from tests.mounts import REPO, S3Server, free_port, s3_config
 
 SECRET = "sekrit-value-never-logged-0123456789"
+# unit settings that give a service a mount namespace of its own (tried: systemd 252)
+MOUNT_NAMESPACE_SETTINGS = """ProtectSystem ProtectHome PrivateTmp ReadWritePaths ReadOnlyPaths
+    InaccessiblePaths BindPaths TemporaryFileSystem PrivateDevices PrivateIPC PrivateMounts
+    ProtectProc ProcSubset ProtectKernelTunables ProtectKernelModules ProtectKernelLogs
+    ProtectControlGroups"""
 
 
 def run(
@@ -309,6 +314,15 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     dropin = (REPO / "systemd/docker-registry.service.d/s3fs-registry.conf").read_text()
     assert "After=s3fs-registry.service" in dropin and "Requires=s3fs-registry.service" in dropin
     assert "Type=notify" in unit and "Restart=on-failure" in unit and "TimeoutStopSec=" in unit
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0].isalpha()
+    )
+    assert "http" not in settings["Documentation"]  # only what exists on the machine
+    assert settings["CapabilityBoundingSet"] == "CAP_SYS_ADMIN"
+    assert settings["DeviceAllow"] == "/dev/fuse rw" and settings["NoNewPrivileges"] == "yes"
+    # each of these gives the service a mount namespace: the mount would be seen by no one
+    private = set(MOUNT_NAMESPACE_SETTINGS.split())
+    assert not private & settings.keys()
 
 
 def test_mount_t_fuse_and_umount(moto: S3Server, tmp_path: Path) -> None:
