@@ -7,6 +7,10 @@ child says the mount is usable, or reports its one-line error and exit code.
 `status` asks a running daemon over its control socket (status.py); it reads no
 configuration.
 
+`s3fs-registry CONFIG MOUNTPOINT [-o OPTIONS]`, the form `mount.fuse3` runs for
+`mount -t fuse.s3fs-registry`, fstab and systemd `.mount` units, is the background `mount`
+with the options of mounthelper.py.
+
 Exit codes: 0 ok; 1 unexpected error; 2 bad command line or configuration; 3 S3 endpoint
 unreachable; 4 credentials rejected; 5 bucket missing; 6 permission missing; 7 cannot mount
 (mount point); 8 uploads pending at shutdown failed; 9 (status) not an s3fs-registry mount;
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 
 import trio
 
-from s3fs_registry import __version__, daemon
+from s3fs_registry import __version__, daemon, mounthelper
 from s3fs_registry import check as permissions
 from s3fs_registry.config import MOUNT_ENV_PREFIX, Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stay attached (systemd, tests); logs go to stderr",
     )
     mount.add_argument("--notify-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    mount.add_argument("--fuse-flags", default="", help=argparse.SUPPRESS)
     mount.add_argument("mountpoint")
     check = sub.add_parser("check", help="validate the configuration and probe the S3 permissions")
     _add_config(check)
@@ -86,11 +91,38 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+COMMANDS = ("mount", "check", "status")
+
+
+def build_helper_parser() -> argparse.ArgumentParser:
+    """The command line `mount.fuse3` gives a FUSE file system: SOURCE MOUNTPOINT -o OPTS."""
+    parser = argparse.ArgumentParser(
+        prog="s3fs-registry",
+        usage="s3fs-registry CONFIG MOUNTPOINT [-o OPTION[,OPTION...]]",
+        description="Mount as mount(8) does (mount -t fuse.s3fs-registry CONFIG MOUNTPOINT).",
+    )
+    parser.add_argument("config", help="the configuration file")
+    parser.add_argument("mountpoint")
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        help="mount: settings (allow_other, uid=N, ...), FUSE flags (nosuid, ro, ...) and "
+        "mount(8)'s options (_netdev, nofail, x-systemd.*: ignored)",
+    )
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "status":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    helper_form = bool(argv) and argv[0] not in COMMANDS and not argv[0].startswith("-")
+    args = (build_helper_parser() if helper_form else build_parser()).parse_args(argv)
+    if not helper_form and args.command == "status":
         return _status(args)
     try:
+        if helper_form:
+            return _mount_helper(args)
         config = _load(args.config)
         if args.command == "check":
             return _check(config)
@@ -113,14 +145,32 @@ def _fail(message: str, code: int) -> int:
 
 
 def _mount(args: argparse.Namespace, config: Config) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = _mount_point(args.mountpoint)
+    if not args.foreground:
+        return _spawn_daemon(config, args.config, mountpoint)
+    flags = [flag for flag in args.fuse_flags.split(",") if flag]
+    return _run_foreground(config, mountpoint, args.notify_fd, flags)
+
+
+def _mount_helper(args: argparse.Namespace) -> int:
+    """The mount(8) form: -o settings override the file (and the environment)."""
+    options = mounthelper.parse_options(args.options)
+    environ = mounthelper.with_settings(os.environ, options)
+    try:
+        config = load_config(args.config, environ, known_regions())
+    except ConfigError as exc:
+        raise mounthelper.explain(exc, options) from None
+    mountpoint = _mount_point(args.mountpoint)
+    return _spawn_daemon(config, args.config, mountpoint, environ, options.fuse)
+
+
+def _mount_point(path: str) -> str:
+    mountpoint = os.path.abspath(path)
     if not os.path.isdir(mountpoint):
         raise StartupError(f"mount point {mountpoint} is not a directory", 7)
     if os.path.ismount(mountpoint):
         raise StartupError(f"{mountpoint} is already a mount point", 7)
-    if not args.foreground:
-        return _spawn_daemon(args, mountpoint, config)
-    return _run_foreground(config, mountpoint, args.notify_fd)
+    return mountpoint
 
 
 def startup_warnings(config: Config) -> list[str]:
@@ -134,17 +184,23 @@ def startup_warnings(config: Config) -> list[str]:
     return warnings
 
 
-def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
+def _run_foreground(
+    config: Config, mountpoint: str, notify_fd: int, flags: Sequence[str] = ()
+) -> int:
     signals = daemon.Signals()
     signals.install()  # first: no stage of the daemon is left to a signal's default action
     try:
-        return _serve_foreground(config, mountpoint, notify_fd, signals)
+        return _serve_foreground(config, mountpoint, notify_fd, signals, flags)
     finally:
         signals.ignore_all()
 
 
 def _serve_foreground(
-    config: Config, mountpoint: str, notify_fd: int, signals: daemon.Signals
+    config: Config,
+    mountpoint: str,
+    notify_fd: int,
+    signals: daemon.Signals,
+    flags: Sequence[str],
 ) -> int:
     mount = config.mount
     try:
@@ -166,7 +222,7 @@ def _serve_foreground(
         _tell_parent(notify_fd, "READY")
 
     try:
-        return daemon.run(config, mountpoint, ready, signals)
+        return daemon.run(config, mountpoint, ready, signals, flags)
     except StartupError as exc:
         log.error("%s", exc)
         _tell_parent(notify_fd, str(exc))
@@ -188,7 +244,13 @@ def _tell_parent(fd: int, line: str) -> None:
         pass
 
 
-def _spawn_daemon(args: argparse.Namespace, mountpoint: str, config: Config) -> int:
+def _spawn_daemon(
+    config: Config,
+    config_path: str | None,
+    mountpoint: str,
+    environ: dict[str, str] | None = None,
+    flags: Sequence[str] = (),
+) -> int:
     """Start `mount --foreground` detached and wait until it reports READY or an error.
 
     The daemon's standard streams are /dev/null, so what the operator must see is said
@@ -197,7 +259,7 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str, config: Config) -> 
     """
     for warning in startup_warnings(config):
         print(f"s3fs-registry: warning: {warning}", file=sys.stderr)
-    env = dict(os.environ)
+    env = dict(os.environ if environ is None else environ)
     log_file = config.mount.log_file
     if not log_file and not syslog_available():
         log_file = default_log_file(mountpoint)
@@ -214,8 +276,10 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str, config: Config) -> 
         str(write_fd),
         mountpoint,
     ]
-    if args.config:
-        command[4:4] = ["--config", os.path.abspath(args.config)]
+    if config_path:
+        command[4:4] = ["--config", os.path.abspath(config_path)]
+    if flags:
+        command[4:4] = ["--fuse-flags", ",".join(flags)]
     with open(os.devnull, "r+b") as devnull:
         child = subprocess.Popen(
             command,

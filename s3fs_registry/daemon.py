@@ -20,7 +20,7 @@ import os
 import pwd
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
@@ -232,9 +232,10 @@ async def require_permissions(store: Store, config: Config) -> None:
     log.info("all %d permissions the registry needs are granted on %s", len(outcomes), where)
 
 
-def fuse_options(mount: MountConfig, fsname: str) -> set[str]:
+def fuse_options(mount: MountConfig, fsname: str, flags: Iterable[str] = ()) -> set[str]:
+    """libfuse's options; `flags` are kernel mount flags given to mount(8) (`nosuid`, `ro`)."""
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
+    options |= {f"fsname={fsname}", "subtype=s3fs-registry", *flags}
     if mount.allow_other:
         options.add("allow_other")
     return options
@@ -335,12 +336,13 @@ def run(
     mountpoint: str,
     on_ready: Callable[[], None] = lambda: None,
     signals: Signals | None = None,
+    flags: Sequence[str] = (),
 ) -> int:
     """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
     endpoint = _metrics_endpoint(config)
     try:
-        return trio.run(_serve, config, store, mountpoint, on_ready, signals or Signals())
+        return trio.run(_serve, config, store, mountpoint, on_ready, signals or Signals(), flags)
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -360,7 +362,12 @@ def _metrics_endpoint(config: Config) -> metrics.Endpoint | None:
 
 
 async def _serve(
-    config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None], signals: Signals
+    config: Config,
+    store: Store,
+    mountpoint: str,
+    on_ready: Callable[[], None],
+    signals: Signals,
+    flags: Sequence[str],
 ) -> int:
     """The daemon's life on the trio thread, signals received from the first moment on;
     a StartupError leaves as itself (one line, its exit code), not in an exception group."""
@@ -369,7 +376,9 @@ async def _serve(
     async with trio.open_nursery() as background:
         await background.start(signals.watch)
         try:
-            code = await _mount_and_serve(config, store, mountpoint, on_ready, signals, background)
+            code = await _mount_and_serve(
+                config, store, mountpoint, on_ready, signals, background, flags
+            )
         except StartupError as exc:
             failure = exc
         background.cancel_scope.cancel()
@@ -398,6 +407,7 @@ async def _mount_and_serve(
     on_ready: Callable[[], None],
     signals: Signals,
     background: trio.Nursery,
+    flags: Sequence[str],
 ) -> int:
     with trio.CancelScope() as starting, signals.stopping_with(starting.cancel):
         await verify_bucket(store, config)
@@ -441,7 +451,7 @@ async def _mount_and_serve(
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
         mount = resolve_ownership(mount, mountpoint)
         try:
-            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(mount, fsname))
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(mount, fsname, flags))
         except RuntimeError as exc:
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         background.start_soon(_raise_kernel_readahead_after_init, mountpoint)

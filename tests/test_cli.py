@@ -22,6 +22,11 @@ from tests.conftest import MountFactory
 from tests.mounts import REPO, S3Server, free_port, s3_config, wait_until
 
 SECRET = "sekrit-value-never-logged-0123456789"
+# unit settings that give a service a mount namespace of its own (tried: systemd 252)
+MOUNT_NAMESPACE_SETTINGS = """ProtectSystem ProtectHome PrivateTmp ReadWritePaths ReadOnlyPaths
+    InaccessiblePaths BindPaths TemporaryFileSystem PrivateDevices PrivateIPC PrivateMounts
+    ProtectProc ProcSubset ProtectKernelTunables ProtectKernelModules ProtectKernelLogs
+    ProtectControlGroups"""
 
 
 def run(
@@ -371,3 +376,63 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     dropin = (REPO / "systemd/docker-registry.service.d/s3fs-registry.conf").read_text()
     assert "After=s3fs-registry.service" in dropin and "Requires=s3fs-registry.service" in dropin
     assert "Type=notify" in unit and "Restart=on-failure" in unit and "TimeoutStopSec=" in unit
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0].isalpha()
+    )
+    assert "http" not in settings["Documentation"]  # only what exists on the machine
+    assert settings["CapabilityBoundingSet"] == "CAP_SYS_ADMIN"
+    assert settings["DeviceAllow"] == "/dev/fuse rw" and settings["NoNewPrivileges"] == "yes"
+    # each of these gives the service a mount namespace: the mount would be seen by no one
+    private = set(MOUNT_NAMESPACE_SETTINGS.split())
+    assert not private & settings.keys()
+
+
+def test_mount_t_fuse_and_umount(moto: S3Server, tmp_path: Path) -> None:
+    """`mount -t fuse.s3fs-registry CONFIG DIR -o ...` as fstab and .mount units run it, and
+    `umount`. mount(8) clears PATH, so mount.fuse3 finds `s3fs-registry` on the shell's
+    default path: a private mount namespace puts this checkout's there (/usr/local/sbin)."""
+    bucket = moto.new_bucket()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "daemon.log"
+    config = write_config(tmp_path / "c.yml", s3_config(moto, bucket), mount={"log_file": str(log)})
+    bindir = tmp_path / "sbin"
+    bindir.mkdir()
+    (bindir / "s3fs-registry").write_text(
+        f'#!/bin/sh\ncd {REPO} && exec {sys.executable} -m s3fs_registry "$@"\n'
+    )
+    (bindir / "s3fs-registry").chmod(0o755)
+    options = (
+        "allow_other,uid=4321,gid=4322,metadata_ttl=0s,nosuid,nodev,noexec,"  # settings, flags
+        "_netdev,nofail,x-systemd.requires=x.service"  # mount(8)'s and systemd's: ignored
+    )
+    script = f"""
+        set -e
+        mount --bind {bindir} /usr/local/sbin
+        if mount -t fuse.s3fs-registry {config} {mnt} -o bogus 2>&1; then exit 99; fi
+        mount -t fuse.s3fs-registry {config} {mnt} -o {options}
+        trap 'umount -l {mnt} 2>/dev/null || true' EXIT
+        findmnt -n -o FSTYPE,OPTIONS {mnt}
+        stat -c 'owner %u:%g' {mnt}
+        printf via-mount > {mnt}/f
+        umount {mnt}
+    """
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "mount option 'bogus' is not known" in lines[0]
+    fstype, flags = lines[1].split()
+    assert fstype == "fuse.s3fs-registry"
+    assert {"nosuid", "nodev", "noexec", "allow_other"} <= set(flags.split(","))
+    assert lines[2] == "owner 4321:4322"
+    assert moto.get(bucket, "reg/f") == b"via-mount"
+    deadline = time.monotonic() + 20
+    while "cleanly" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"unmounted {mnt} cleanly" in log.read_text()

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from s3fs_registry import errors, metrics, status
+from s3fs_registry import errors, metrics, mounthelper, status
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
 from s3fs_registry.config import MountConfig, S3Config
 from s3fs_registry.fs import fuse_errors
@@ -477,3 +477,18 @@ def test_v3_endpoint_parameters_select_the_endpoint(
         monkeypatch.delenv(name, raising=False)
     s3 = S3Config(bucket="reg-bucket", region="eu-west-1", accesskey="a", secretkey="b", **options)
     assert _first_url(s3) == url
+
+
+def test_mount_options_are_sorted_by_who_takes_them() -> None:
+    """-o of mount(8): its own and systemd's ignored, kernel flags to FUSE, settings to env."""
+    opts = mounthelper.parse_options(
+        ["rw,nosuid,nodev,_netdev,nofail,noauto,x-systemd.automount", "allow_other,uid=102"]
+    )
+    assert opts.fuse == ["rw", "nosuid", "nodev"]
+    assert opts.ignored == ["_netdev", "nofail", "noauto", "x-systemd.automount"]
+    assert opts.environment() == {
+        "REGISTRY_MOUNT_ALLOW_OTHER": "true",
+        "REGISTRY_MOUNT_UID": "102",
+    }
+    with pytest.raises(errors.ConfigError, match="'lazytime' is not known"):
+        mounthelper.parse_options(["lazytime"])
