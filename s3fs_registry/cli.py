@@ -26,10 +26,15 @@ from collections.abc import Sequence
 import trio
 
 from s3fs_registry import __version__, daemon
-from s3fs_registry.check import PermissionCheck, format_table
-from s3fs_registry.config import Config, load_config
+from s3fs_registry import check as permissions
+from s3fs_registry.config import MOUNT_ENV_PREFIX, Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
-from s3fs_registry.log import setup_logging
+from s3fs_registry.log import (
+    SYSLOG_SOCKET,
+    default_log_file,
+    setup_logging,
+    syslog_available,
+)
 from s3fs_registry.status import ANSWER_TIMEOUT_S, StatusError, format_report, query
 from s3fs_registry.store import Store, known_regions
 
@@ -114,32 +119,54 @@ def _mount(args: argparse.Namespace, config: Config) -> int:
     if os.path.ismount(mountpoint):
         raise StartupError(f"{mountpoint} is already a mount point", 7)
     if not args.foreground:
-        return _spawn_daemon(args, mountpoint)
+        return _spawn_daemon(args, mountpoint, config)
     return _run_foreground(config, mountpoint, args.notify_fd)
 
 
-def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
-    mount = config.mount
-    setup_logging(
-        mount.log_level,
-        mount.log_file,
-        syslog=notify_fd >= 0,
-        secrets=[config.s3.secretkey],
-        s3_requests=config.s3.loglevel != "off",
-    )
-    for warning in config.warnings:
-        log.warning("%s", warning)
+def startup_warnings(config: Config) -> list[str]:
+    """What the operator is warned about at every start (ignored settings, no TLS check)."""
+    warnings = list(config.warnings)
     if config.s3.skipverify:
-        log.warning(
-            "storage.s3.skipverify is true: TLS certificates of %s are NOT verified",
-            config.s3.endpoint_url() or "S3",
+        endpoint = config.s3.endpoint_url() or "S3"
+        warnings.append(
+            f"storage.s3.skipverify is true: TLS certificates of {endpoint} are NOT verified"
         )
+    return warnings
+
+
+def _run_foreground(config: Config, mountpoint: str, notify_fd: int) -> int:
+    signals = daemon.Signals()
+    signals.install()  # first: no stage of the daemon is left to a signal's default action
+    try:
+        return _serve_foreground(config, mountpoint, notify_fd, signals)
+    finally:
+        signals.ignore_all()
+
+
+def _serve_foreground(
+    config: Config, mountpoint: str, notify_fd: int, signals: daemon.Signals
+) -> int:
+    mount = config.mount
+    try:
+        setup_logging(
+            mount.log_level,
+            mount.log_file,
+            syslog=notify_fd >= 0,
+            secrets=[config.s3.secretkey],
+            s3_requests=config.s3.loglevel != "off",
+        )
+    except OSError as exc:
+        message = f"mount.log_file {mount.log_file}: cannot open it: {exc.strerror or exc}"
+        _tell_parent(notify_fd, message)
+        return _fail(message, 2)
+    for warning in startup_warnings(config):
+        log.warning("%s", warning)
 
     def ready() -> None:
         _tell_parent(notify_fd, "READY")
 
     try:
-        return daemon.run(config, mountpoint, ready)
+        return daemon.run(config, mountpoint, ready, signals)
     except StartupError as exc:
         log.error("%s", exc)
         _tell_parent(notify_fd, str(exc))
@@ -161,8 +188,21 @@ def _tell_parent(fd: int, line: str) -> None:
         pass
 
 
-def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
-    """Start `mount --foreground` detached and wait until it reports READY or an error."""
+def _spawn_daemon(args: argparse.Namespace, mountpoint: str, config: Config) -> int:
+    """Start `mount --foreground` detached and wait until it reports READY or an error.
+
+    The daemon's standard streams are /dev/null, so what the operator must see is said
+    here: the start-up warnings, and, without `mount.log_file` or a syslog socket, the
+    default log file the daemon is given instead (else every line would be lost).
+    """
+    for warning in startup_warnings(config):
+        print(f"s3fs-registry: warning: {warning}", file=sys.stderr)
+    env = dict(os.environ)
+    log_file = config.mount.log_file
+    if not log_file and not syslog_available():
+        log_file = default_log_file(mountpoint)
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        env[f"{MOUNT_ENV_PREFIX}LOG_FILE"] = log_file
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,
@@ -184,11 +224,18 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
             stderr=devnull,
             pass_fds=(write_fd,),
             start_new_session=True,
+            env=env,
         )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         line = pipe.readline().decode(errors="replace").strip()
     if line == "READY":
+        if log_file != config.mount.log_file:
+            print(
+                f"s3fs-registry: no mount.log_file and no syslog socket ({SYSLOG_SOCKET}): "
+                f"the daemon logs to {log_file}",
+                file=sys.stderr,
+            )
         return 0
     try:
         code = child.wait(timeout=READY_TIMEOUT_S)
@@ -217,16 +264,12 @@ def _check(config: Config) -> int:
         except StartupError as exc:
             if exc.exit_code != daemon.EXIT_PERMISSION:  # a refused ListBucket shows in the table
                 raise
-        check = PermissionCheck(store, config)
-        try:
-            outcomes = await check.run()
-        finally:
-            await check.cleanup()
+        outcomes = await permissions.probe(store, config)
         print(
             f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
             f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}"
         )
-        print(format_table(outcomes))
+        print(permissions.format_table(outcomes))
         missing = [o.permission for o in outcomes if not o.granted]
         if missing:
             print(f"missing: {', '.join('s3:' + m for m in missing)}")

@@ -101,7 +101,7 @@ def test_mount_defaults() -> None:
     assert (got.memory_budget, got.max_connections, got.read_ahead) == (512 * MiB, 32, 64 * MiB)
     assert (got.small_file_size, got.spool_dir, got.spool_limit) == (MiB, "", GiB)
     assert (got.uid, got.gid, got.file_mode, got.dir_mode) == (-1, -1, 0o644, 0o755)
-    assert (got.allow_other, got.log_level, got.log_file) == (False, "info", "")
+    assert (got.allow_other, got.log_level, got.log_file) == (None, "info", "")
     assert (got.janitor, got.janitor_age, got.janitor_interval) == (True, 604800.0, 3600.0)
     assert (got.retry_attempts, got.retry_time) == (5, 60.0)
     assert (got.connect_timeout, got.read_timeout) == (10.0, 60.0)
@@ -799,8 +799,7 @@ def test_memory_budget_versus_chunksize() -> None:
 
 @pytest.mark.parametrize(
     ("name", "low", "high"),
-    [("max_connections", 1, 1024), ("retry_attempts", 1, 100), ("uid", -1, 2**32 - 2),
-     ("gid", -1, 2**32 - 2)],
+    [("max_connections", 1, 1024), ("retry_attempts", 1, 100)],
 )  # fmt: skip
 def test_mount_int_ranges(name: str, low: int, high: int) -> None:
     assert getattr(mount(**{name: low}), name) == low
@@ -868,6 +867,35 @@ def test_log_level() -> None:
     assert "log_level must be one of debug, info, warning, error" in error(
         with_mount(log_level="verbose")
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "known"), [("uid", "user", "root"), ("gid", "group", "root")]
+)
+def test_mount_owner_is_a_number_or_a_name(name: str, kind: str, known: str) -> None:
+    """uid/gid: -1 .. 2^32-2, or a user (group) name of this host, resolved at start."""
+    high = 2**32 - 2
+    for value, want in ((-1, -1), (high, high), (str(high), high), (known, 0)):
+        assert getattr(mount(**{name: value}), name) == want
+    for bad in (-2, high + 1, 2.0, True):
+        message = error(with_mount(**{name: bad}))
+        assert message.startswith(f"{SRC}: mount.{name}: must be an integer between -1 and")
+    message = error(with_mount(**{name: "no-such-name-here"}))
+    assert message.startswith(f'{SRC}: mount.{name}: no {kind} named "no-such-name-here"')
+    environ = {f"REGISTRY_MOUNT_{name.upper()}": known}
+    assert getattr(parse(s3_doc(), environ).mount, name) == 0
+    environ = {f"REGISTRY_MOUNT_{name.upper()}": "102"}
+    assert getattr(parse(s3_doc(), environ).mount, name) == 102
+
+
+def test_mount_allow_other_is_a_boolean_or_auto() -> None:
+    assert mount().allow_other is None
+    assert mount(allow_other="auto").allow_other is None
+    assert mount(allow_other="AUTO").allow_other is None
+    assert mount(allow_other="false").allow_other is False
+    assert parse(s3_doc(), {"REGISTRY_MOUNT_ALLOW_OTHER": "true"}).mount.allow_other is True
+    assert "should be a boolean" in error(with_mount(allow_other="sometimes"))
+    assert ", or auto" in error(with_mount(allow_other="sometimes"))
 
 
 def test_mount_bools() -> None:

@@ -512,8 +512,9 @@ def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_allow_other_is_off_by_default_and_default_permissions_stays_on(
     s3: S3Server, public_dir: Path
 ) -> None:
-    """By default only the mounting user gets in: /proc/mounts shows default_permissions
-    and not allow_other, and user nobody is refused even a listing. With
+    """By default (`allow_other: auto`, on a mount point the daemon's user owns) only the
+    mounting user gets in: /proc/mounts shows default_permissions and not allow_other, and
+    user nobody is refused even a listing. With
     mount.allow_other: true, /proc/mounts shows allow_other and still default_permissions,
     so the kernel checks the configured modes: nobody can list (dir_mode 0755) but can
     neither read a file (file_mode 0640, owner root) nor create one."""

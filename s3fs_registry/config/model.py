@@ -122,7 +122,7 @@ class MountConfig:
     gid: int = -1
     file_mode: int = 0o644
     dir_mode: int = 0o755
-    allow_other: bool = False
+    allow_other: bool | None = None  # None: auto, on when uid or gid is not the daemon's
     log_level: str = "info"
     log_file: str = ""
     janitor: bool = True
@@ -133,6 +133,7 @@ class MountConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     metrics_addr: str = ""
+    check_permissions: bool = True
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from s3fs_registry.config.model import CloudFrontConfig, MountConfig, S3Config
 from s3fs_registry.config.parsers import (
+    _auto_bool,
     _aws_regions,
     _baseurl,
     _ca_bundle,
@@ -27,6 +28,7 @@ from s3fs_registry.config.parsers import (
     _listen_address,
     _mode,
     _object_acl,
+    _owner,
     _private_key,
     _s3_log_level,
     _seconds,
@@ -86,6 +88,10 @@ def _doc_plain(value: Any) -> str:
     if isinstance(value, tuple):
         return '`""`' if not value else f"`{','.join(value)}`"
     return f"`{value}`" if value != "" else '`""`'
+
+
+def _doc_auto(value: bool | None) -> str:
+    return "`auto`" if value is None else _doc_plain(value)
 
 
 def _doc_mode(value: int) -> str:
@@ -251,21 +257,31 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("spool_limit", _size(0), "size >= 0",
             "Bytes of local spool, mount-wide; 0 disables spooling.",
             show=_doc_size),
-    Setting("uid", _int_range(-1, 2**32 - 2), "integer -1 .. 4294967294",
-            "Owner of every file; -1 means the daemon's effective uid.", show=_doc_plain),
-    Setting("gid", _int_range(-1, 2**32 - 2), "integer -1 .. 4294967294",
-            "Group of every file; -1 means the daemon's effective gid.", show=_doc_plain),
+    Setting("uid", _owner("user"), "user name, or integer -1 .. 4294967294",
+            "Owner of every file and directory. -1: the owner of the mount point directory "
+            "before mounting, so the user who owns `/var/lib/docker-registry` (Debian's "
+            "`docker-registry`, who runs the registry) owns the mount.",
+            env="string", show=_doc_plain),
+    Setting("gid", _owner("group"), "group name, or integer -1 .. 4294967294",
+            "Group of every file and directory. -1: the group of the mount point directory "
+            "before mounting.", env="string", show=_doc_plain),
     Setting("file_mode", _mode, "octal mode 0000 .. 07777", "Permission bits of files.",
             env="string", show=_doc_mode),
     Setting("dir_mode", _mode, "octal mode 0000 .. 07777", "Permission bits of directories.",
             env="string", show=_doc_mode),
-    Setting("allow_other", _go_bool("allow_other"), "boolean",
-            "Let other users access the mount (FUSE `allow_other`; needs `user_allow_other` in "
-            "/etc/fuse.conf unless root).", show=_doc_plain),
+    Setting("allow_other", _auto_bool("allow_other"), "boolean, or `auto`",
+            "Let other users than the daemon's access the mount (FUSE `allow_other`; needs "
+            "`user_allow_other` in /etc/fuse.conf unless root); the kernel still checks "
+            "`uid`, `gid` and the modes. `auto`: on when the files' owner or group (`uid`, "
+            "`gid`) is not the daemon's, who could not reach them otherwise.",
+            env="string", show=_doc_auto),
     Setting("log_level", _choice("log_level", LOG_LEVELS), "`" + "`, `".join(LOG_LEVELS) + "`",
             "Log level (case-insensitive).", env="string", show=_doc_plain),
     Setting("log_file", _string("log_file"), "path",
-            "Log file; empty means stderr in the foreground, syslog in the background.",
+            "Log file, reopened on SIGHUP (logrotate). Empty: stderr in the foreground; in the "
+            "background syslog, or without a syslog socket (`/dev/log`, as in containers) "
+            "`/var/log/s3fs-registry/<mount point, / as ->.log` (`~/.local/state/s3fs-registry/` "
+            "when not root), which `mount` names when it returns.",
             env="string", show=_doc_plain),
     Setting("janitor", _go_bool("janitor"), "boolean",
             "Abort stale multipart uploads under `rootdirectory`.", show=_doc_plain),
@@ -289,6 +305,11 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "bound on 127.0.0.1 only; every interface only when written out (`0.0.0.0:PORT`, "
             "`[::]:PORT`). A port that cannot be bound stops the daemon at start.",
             env="string", show=_doc_plain),
+    Setting("check_permissions", _go_bool("check_permissions"), "boolean",
+            "At start, probe each S3 permission the registry needs as `s3fs-registry check` "
+            "does (on a scratch key under `rootdirectory`, removed afterwards; 9 requests) and "
+            "stop with exit code 6 naming the refused actions. `false` mounts without the "
+            "probe (a read-only replica).", show=_doc_plain),
 )  # fmt: skip
 
 
