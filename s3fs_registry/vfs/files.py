@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
-from s3fs_registry.errors import FsError
+from s3fs_registry.errors import FsError, TooLargeError
 from s3fs_registry.namespace import (
     DETERMINISTIC_PATH,
     UPLOAD_DATA,
@@ -34,7 +34,7 @@ from s3fs_registry.namespace import (
     Pending,
 )
 from s3fs_registry.reader import Buffer, ObjectReader, ReadContext
-from s3fs_registry.store import MIN_PART, Store
+from s3fs_registry.store import MAX_OBJECT, MIN_PART, Store
 from s3fs_registry.vfs.names import Attr, Names
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
 
@@ -181,6 +181,7 @@ class Files:
         node, state = handle.node, handle.node.file
         if not handle.writable or state is None:
             raise FsError(errno.EBADF)
+        self._check_size(node, offset + len(data))
         async with state.lock:
             if state.error is not None:
                 raise state.error
@@ -251,6 +252,7 @@ class Files:
         """Set the file's size; committed at once when no handle will commit it later."""
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        self._check_size(node, size)
         state = node.file
         transient = state is None
         if transient and node.detached:
@@ -265,6 +267,14 @@ class Files:
         finally:
             if transient:
                 await self._close_state(node, state)
+
+    def _check_size(self, node: Node, size: int) -> None:
+        """EFBIG before anything is done: no S3 object can be larger than 5 TiB, and a
+        spool or a stream of zeros would fail only after filling disk or uploading TiBs."""
+        if size > MAX_OBJECT:
+            raise TooLargeError(
+                f"{self.ns.key(node)}: {size} bytes is more than an S3 object holds (5 TiB)"
+            )
 
     async def _truncate_locked(self, node: Node, state: FileState, size: int) -> None:
         content = state.content
