@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3fs-registry",
         description="Mount an S3 bucket prefix for an unmodified container registry.",
+        epilog="s3fs-registry CONFIG MOUNTPOINT [-o OPTIONS] mounts as "
+        "`mount -t fuse.s3fs-registry CONFIG MOUNTPOINT` does (fstab, systemd .mount units).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
