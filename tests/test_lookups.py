@@ -175,3 +175,18 @@ def test_a_path_whose_ancestor_was_removed_elsewhere_is_enoent(pm: Mount) -> Non
         os.close(held)
     kept = gone.parent / "kept/_manifests/tags/v1/current/link"
     assert kept.read_bytes().startswith(b"sha256:")
+
+
+def test_concurrent_lookups_of_one_name_share_one_listing(pm: Mount, proxy: S3Proxy) -> None:
+    """The registry resolves one path from several goroutines at once; the kernel sends a
+    lookup for each while the name's attributes are stale. They wait for one listing."""
+    put_all(pm, repo_keys("ns/a", ["v1"]))
+    link = pm.path / V2 / "repositories/ns/a/_manifests/tags/v1/current/link"
+    assert link.stat().st_size == 71
+    time.sleep(TTL + 0.1)  # every belief below the skeleton is stale now
+    proxy.reset_counts()
+    proxy.delay = 0.2  # each listing takes a while: the lookups overlap
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda _: link.stat().st_size, range(4)))
+    assert sizes == [71] * 4
+    assert lists(proxy) == 1

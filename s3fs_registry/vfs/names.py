@@ -13,7 +13,9 @@ import errno
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import trio
 
 from s3fs_registry.errors import FsError
 from s3fs_registry.namespace import (
@@ -47,6 +49,16 @@ class Attr:
     ttl: float
 
 
+@dataclass
+class _Probe:
+    """A probe in flight, which concurrent lookups of the same name wait for."""
+
+    when: float
+    done: trio.Event = field(default_factory=trio.Event)
+    entry: Entry | None = None
+    answered: bool = False
+
+
 class Names:
     """Lookups, attributes and directories of the mount (see the module docstring)."""
 
@@ -54,6 +66,7 @@ class Names:
         self.ns = ns
         self.store = store
         self.dir_mtime = time.time()
+        self._probes: dict[str, _Probe] = {}
 
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
@@ -123,8 +136,27 @@ class Names:
             seen = self.ns.prefetched_dir(rel)
             if seen is not None:
                 return Entry(True, 0, self.dir_mtime), seen
-        when = self.ns.clock()
-        return await self._probe(self.ns.prefix + rel), when
+        return await self._shared_probe(self.ns.prefix + rel, join=not recheck)
+
+    async def _shared_probe(self, key: str, join: bool) -> tuple[Entry | None, float]:
+        """The probe of `key` and when it was sent. Lookups of a name while its probe is in
+        flight (the registry's goroutines resolving one path at once) wait for its answer
+        instead of sending the same request; `join=False` always asks anew."""
+        current = self._probes.get(key) if join else None
+        if current is not None:
+            await current.done.wait()
+            if current.answered:
+                return current.entry, current.when
+        probe = _Probe(self.ns.clock())
+        self._probes.setdefault(key, probe)
+        try:
+            probe.entry = await self._probe(key)
+            probe.answered = True
+        finally:
+            probe.done.set()
+            if self._probes.get(key) is probe:
+                del self._probes[key]
+        return probe.entry, probe.when
 
     async def _probe(self, key: str) -> Entry | None:
         """Is `key` a file, a directory (some key under `key/`), or nothing? One LIST, usually.
