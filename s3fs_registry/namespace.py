@@ -118,9 +118,19 @@ class Listing:
     #: that stopped at this key (relative to the directory's prefix): only the names all of
     #: whose keys sort before it are known, present or absent (`covers`)
     upto: str | None = None
+    #: a registry upload's directory listed with a subtree: its `data` may be a multipart
+    #: upload kept open, which no listing shows, so that one name is always asked of S3
+    blind: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Does the listing stand for the whole directory (readdir, rmdir)?"""
+        return self.upto is None and not self.blind
 
     def covers(self, name: str) -> bool:
         """Does the listing tell whether `name` exists (as a file or a directory)?"""
+        if self.blind and name == "data":
+            return False
         upto = self.upto
         return upto is None or (upto > name + "/" and not upto.startswith(name + "/"))
 
@@ -278,7 +288,7 @@ class Namespace:
     def listing_fresh(self, node: Node) -> bool:
         """Is the directory's complete listing at hand and fresh?"""
         listing = self.listing_of(node)
-        return listing is not None and listing.upto is None
+        return listing is not None and listing.complete
 
     def listing_of(self, node: Node) -> Listing | None:
         """The directory's listing while it is fresh, complete or partial (`Listing.upto`)."""
@@ -286,7 +296,7 @@ class Namespace:
         listing = node.listing
         if listing is not None and now - listing.fetched >= self.metadata_ttl:
             listing = None
-        if (listing is None or listing.upto is not None) and self.prefetched:
+        if (listing is None or not listing.complete) and self.prefetched:
             # a listing of an ancestor's subtree may cover this directory
             kept = self.prefetched.pop(self.rel(node), None)
             fresh = kept is not None and now - kept.fetched < self.metadata_ttl
@@ -503,4 +513,4 @@ class Namespace:
 
 def _better(kept: Listing, current: Listing | None) -> bool:
     """Should a kept listing replace the partial or missing one a directory holds?"""
-    return current is None or kept.upto is None or kept.fetched > current.fetched
+    return current is None or kept.complete or kept.fetched > current.fetched

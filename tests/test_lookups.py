@@ -190,3 +190,21 @@ def test_concurrent_lookups_of_one_name_share_one_listing(pm: Mount, proxy: S3Pr
         sizes = list(pool.map(lambda _: link.stat().st_size, range(4)))
     assert sizes == [71] * 4
     assert lists(proxy) == 1
+
+
+def test_an_upload_kept_open_is_found_past_the_listings(
+    pm: Mount, proxy: S3Proxy, s3: S3Server, mount_factory: MountFactory
+) -> None:
+    """An upload's `data` in flight is a multipart upload, which no listing shows: the
+    upload's other files come from the deep listing, `data` is always asked of S3."""
+    upload = pm.path / V2 / "repositories/ns/a/_uploads/u"
+    other = mount_factory(s3, bucket=pm.bucket)  # another replica writes the upload
+    (other.path / upload.relative_to(pm.path)).mkdir(parents=True)
+    (other.path / upload.relative_to(pm.path) / "startedat").write_bytes(b"2026-12-06T00:00:00Z")
+    (other.path / upload.relative_to(pm.path) / "data").write_bytes(b"x" * (5 << 20))
+    proxy.reset_counts()
+    assert (upload / "startedat").stat().st_size == 20
+    assert lists(proxy) == 1
+    assert (upload / "data").stat().st_size == 5 << 20
+    assert proxy.count(method="GET", query_contains="uploads") >= 1, "asked for the upload"
+    assert sorted(os.listdir(upload)) == ["data", "startedat"]

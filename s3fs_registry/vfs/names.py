@@ -206,8 +206,16 @@ class Names:
                 if not slash:
                     break
                 where = f"{where}/{name}" if where else name
-        # an upload's directory is always listed itself: its data may be an upload kept open
-        self.ns.store_prefetched({k: v for k, v in listings.items() if not UPLOAD_DIR.match(k)})
+        self._keep(listings)
+
+    def _keep(self, listings: dict[str, Listing]) -> None:
+        """Keep listings of a subtree for when their directories are visited. An upload's
+        directory is `blind` to its `data` (it may be an upload kept open): a lookup of it
+        asks S3, and reading the directory lists it itself."""
+        for rel, listing in listings.items():
+            if UPLOAD_DIR.match(rel):
+                listing.blind = True
+        self.ns.store_prefetched(listings)
 
     async def _probe_delimited(self, key: str) -> Entry | None:
         """The probe with delimiter "/": the object `key` and the common prefix `key/`;
@@ -340,8 +348,7 @@ class Names:
         root.subtree_ok_until = memory
         rel = self.ns.rel(node)
         own = listings.pop(rel, None) or Listing({}, self.ns.clock())
-        # an upload's directory is always listed itself: its data may be an upload kept open
-        self.ns.store_prefetched({k: v for k, v in listings.items() if not UPLOAD_DIR.match(k)})
+        self._keep(listings)
         return own
 
     def _scan_root(self, node: Node, now: float) -> Node:
@@ -404,7 +411,9 @@ class Names:
         if page.next_token is not None:
             node.big_until = self.ns.clock() + BIG_DIR_MEMORY * self.ns.metadata_ttl
             return None
-        return self._listing_of(prefix, page.objects, page.prefixes)
+        listing = self._listing_of(prefix, page.objects, page.prefixes)
+        listing.blind = UPLOAD_DIR.match(self.ns.rel(node)) is not None  # (see `_keep`)
+        return listing
 
     def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
         entries: dict[str, Entry] = {}
