@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,27 @@ def test_an_upload_kept_open_is_found_past_the_listings(
     assert (upload / "data").stat().st_size == 5 << 20
     assert proxy.count(method="GET", query_contains="uploads") >= 1, "asked for the upload"
     assert sorted(os.listdir(upload)) == ["data", "startedat"]
+
+
+def test_the_catalog_walk_stats_every_entry_from_its_listing(pm: Mount, proxy: S3Proxy) -> None:
+    """The registry's catalog and garbage collection walk with Go's WalkFallback: list a
+    directory, stat every entry in order, descend. No entry costs a request of its own."""
+    keys: dict[str, bytes] = {}
+    for i in range(40):
+        keys.update(repo_keys(f"ns/r{i:02d}", ["v1"]))
+    put_all(pm, keys)
+    proxy.reset_counts()
+    found = []
+
+    def walk(path: Path) -> None:
+        for name in sorted(os.listdir(path)):
+            child = path / name
+            if child.is_dir():  # the stat WalkFallback makes of every entry
+                if name == "_layers":
+                    found.append(str(path.relative_to(pm.path / V2 / "repositories")))
+                elif not name.startswith("_"):
+                    walk(child)
+
+    walk(pm.path / V2 / "repositories")
+    assert found == [f"ns/r{i:02d}" for i in range(40)]
+    assert requests(proxy) <= 2, "the lookups and one listing of the tree"
