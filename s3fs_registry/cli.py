@@ -30,10 +30,15 @@ from collections.abc import Sequence
 import trio
 
 from s3fs_registry import __version__, daemon, mounthelper
-from s3fs_registry.check import PermissionCheck, format_table
-from s3fs_registry.config import Config, load_config
+from s3fs_registry import check as permissions
+from s3fs_registry.config import MOUNT_ENV_PREFIX, Config, load_config
 from s3fs_registry.errors import ConfigError, StartupError, StoreError
-from s3fs_registry.log import setup_logging
+from s3fs_registry.log import (
+    SYSLOG_SOCKET,
+    default_log_file,
+    setup_logging,
+    syslog_available,
+)
 from s3fs_registry.status import ANSWER_TIMEOUT_S, StatusError, format_report, query
 from s3fs_registry.store import Store, known_regions
 
@@ -144,7 +149,7 @@ def _fail(message: str, code: int) -> int:
 def _mount(args: argparse.Namespace, config: Config) -> int:
     mountpoint = _mount_point(args.mountpoint)
     if not args.foreground:
-        return _spawn_daemon(args.config, mountpoint)
+        return _spawn_daemon(args.config, mountpoint, config)
     flags = [flag for flag in args.fuse_flags.split(",") if flag]
     return _run_foreground(config, mountpoint, args.notify_fd, flags)
 
@@ -154,11 +159,11 @@ def _mount_helper(args: argparse.Namespace) -> int:
     options = mounthelper.parse_options(args.options)
     environ = mounthelper.with_settings(os.environ, options)
     try:
-        load_config(args.config, environ, known_regions())
+        config = load_config(args.config, environ, known_regions())
     except ConfigError as exc:
         raise mounthelper.explain(exc, options) from None
     mountpoint = _mount_point(args.mountpoint)
-    return _spawn_daemon(args.config, mountpoint, environ, options.fuse)
+    return _spawn_daemon(args.config, mountpoint, config, environ, options.fuse)
 
 
 def _mount_point(path: str) -> str:
@@ -170,26 +175,56 @@ def _mount_point(path: str) -> str:
     return mountpoint
 
 
+def startup_warnings(config: Config) -> list[str]:
+    """What the operator is warned about at every start (ignored settings, no TLS check)."""
+    warnings = list(config.warnings)
+    if config.s3.skipverify:
+        endpoint = config.s3.endpoint_url() or "S3"
+        warnings.append(
+            f"storage.s3.skipverify is true: TLS certificates of {endpoint} are NOT verified"
+        )
+    return warnings
+
+
 def _run_foreground(
     config: Config, mountpoint: str, notify_fd: int, flags: Sequence[str] = ()
 ) -> int:
+    signals = daemon.Signals()
+    signals.install()  # first: no stage of the daemon is left to a signal's default action
+    try:
+        return _serve_foreground(config, mountpoint, notify_fd, signals, flags)
+    finally:
+        signals.ignore_all()
+
+
+def _serve_foreground(
+    config: Config,
+    mountpoint: str,
+    notify_fd: int,
+    signals: daemon.Signals,
+    flags: Sequence[str],
+) -> int:
     mount = config.mount
-    setup_logging(
-        mount.log_level, mount.log_file, syslog=notify_fd >= 0, secrets=[config.s3.secretkey]
-    )
-    for warning in config.warnings:
-        log.warning("%s", warning)
-    if config.s3.skipverify:
-        log.warning(
-            "storage.s3.skipverify is true: TLS certificates of %s are NOT verified",
-            config.s3.endpoint_url() or "S3",
+    try:
+        setup_logging(
+            mount.log_level,
+            mount.log_file,
+            syslog=notify_fd >= 0,
+            secrets=[config.s3.secretkey],
+            s3_requests=config.s3.loglevel != "off",
         )
+    except OSError as exc:
+        message = f"mount.log_file {mount.log_file}: cannot open it: {exc.strerror or exc}"
+        _tell_parent(notify_fd, message)
+        return _fail(message, 2)
+    for warning in startup_warnings(config):
+        log.warning("%s", warning)
 
     def ready() -> None:
         _tell_parent(notify_fd, "READY")
 
     try:
-        return daemon.run(config, mountpoint, ready, flags)
+        return daemon.run(config, mountpoint, ready, signals, flags)
     except StartupError as exc:
         log.error("%s", exc)
         _tell_parent(notify_fd, str(exc))
@@ -214,10 +249,24 @@ def _tell_parent(fd: int, line: str) -> None:
 def _spawn_daemon(
     config_path: str | None,
     mountpoint: str,
+    config: Config,
     environ: dict[str, str] | None = None,
     flags: Sequence[str] = (),
 ) -> int:
-    """Start `mount --foreground` detached and wait until it reports READY or an error."""
+    """Start `mount --foreground` detached and wait until it reports READY or an error.
+
+    The daemon's standard streams are /dev/null, so what the operator must see is said
+    here: the start-up warnings, and, without `mount.log_file` or a syslog socket, the
+    default log file the daemon is given instead (else every line would be lost).
+    """
+    for warning in startup_warnings(config):
+        print(f"s3fs-registry: warning: {warning}", file=sys.stderr)
+    env = dict(os.environ if environ is None else environ)
+    log_file = config.mount.log_file
+    if not log_file and not syslog_available():
+        log_file = default_log_file(mountpoint)
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        env[f"{MOUNT_ENV_PREFIX}LOG_FILE"] = log_file
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,
@@ -241,12 +290,18 @@ def _spawn_daemon(
             stderr=devnull,
             pass_fds=(write_fd,),
             start_new_session=True,
-            env=environ,
+            env=env,
         )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         line = pipe.readline().decode(errors="replace").strip()
     if line == "READY":
+        if log_file != config.mount.log_file:
+            print(
+                f"s3fs-registry: no mount.log_file and no syslog socket ({SYSLOG_SOCKET}): "
+                f"the daemon logs to {log_file}",
+                file=sys.stderr,
+            )
         return 0
     try:
         code = child.wait(timeout=READY_TIMEOUT_S)
@@ -266,7 +321,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(config: Config) -> int:
-    setup_logging("warning", secrets=[config.s3.secretkey])
+    setup_logging("warning", secrets=[config.s3.secretkey], s3_requests=config.s3.loglevel != "off")
     store = Store(config.s3, config.mount)
 
     async def probe() -> int:
@@ -275,16 +330,12 @@ def _check(config: Config) -> int:
         except StartupError as exc:
             if exc.exit_code != daemon.EXIT_PERMISSION:  # a refused ListBucket shows in the table
                 raise
-        check = PermissionCheck(store, config)
-        try:
-            outcomes = await check.run()
-        finally:
-            await check.cleanup()
+        outcomes = await permissions.probe(store, config)
         print(
             f"bucket s3://{config.s3.bucket}/{config.s3.key_prefix()} "
             f"at {config.s3.endpoint_url() or 'AWS S3 ' + config.s3.region}"
         )
-        print(format_table(outcomes))
+        print(permissions.format_table(outcomes))
         missing = [o.permission for o in outcomes if not o.granted]
         if missing:
             print(f"missing: {', '.join('s3:' + m for m in missing)}")

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from s3fs_registry import log as daemon_log
 from tests.conftest import MountFactory
-from tests.mounts import REPO, S3Server, free_port, s3_config
+from tests.mounts import REPO, S3Server, free_port, s3_config, wait_until
 
 SECRET = "sekrit-value-never-logged-0123456789"
 # unit settings that give a service a mount namespace of its own (tried: systemd 252)
@@ -148,6 +149,31 @@ def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) ->
     assert "unmounted" in (tmp_path / "daemon.log").read_text()
 
 
+def test_background_without_log_file_or_syslog_loses_no_line(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    """No mount.log_file and no /dev/log (a container): the warning about a misspelt
+    storage.s3 key reaches the operator from `mount` itself, and the daemon logs to the
+    default file it names, from the warning to the clean unmount."""
+    assert not os.path.exists("/dev/log"), "this test needs a machine without syslog"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    block = {**s3_config(moto, moto.new_bucket()), "chunkSize": 5 * 1024 * 1024}
+    config = write_config(tmp_path / "c.yml", block)
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 0, result.stderr
+    log_file = Path(daemon_log.default_log_file(str(mnt)))
+    try:
+        warning = "chunkSize: parameter names are lower-case"
+        assert f"warning: {config}: storage.s3.{warning}" in result.stderr, result.stderr
+        assert str(log_file) in result.stderr
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert wait_until(lambda: "unmounted" in log_file.read_text(), 20)
+        assert warning in log_file.read_text() and "mounted" in log_file.read_text()
+    finally:
+        log_file.unlink(missing_ok=True)
+
+
 def test_environment_overrides_the_file(moto: S3Server, mount_factory: MountFactory) -> None:
     bucket = moto.new_bucket()
     mount = mount_factory(
@@ -252,6 +278,42 @@ def test_check_and_mount_with_refused_permissions(rgw: S3Server, tmp_path: Path)
     mnt.mkdir()
     result = run("mount", "--config", str(denied_all), str(mnt))
     assert result.returncode in (4, 6)
+
+
+def test_mount_stops_on_a_missing_permission_unless_the_probe_is_off(
+    rgw: S3Server, tmp_path: Path
+) -> None:
+    """`check` exits 6 for this user; so does `mount`, naming the refused actions, and
+    nothing is mounted; with REGISTRY_MOUNT_CHECK_PERMISSIONS=false it mounts."""
+    bucket = rgw.new_bucket()
+    access, secret = _restricted_user(
+        rgw, bucket, ["ListBucket", "GetBucketLocation", "PutObject", "GetObject"]
+    )
+    config = write_config(
+        tmp_path / "c.yml", s3_config(rgw, bucket, accesskey=access, secretkey=secret)
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for foreground in ([], ["--foreground"]):
+        result = run("mount", *foreground, "--config", str(config), str(mnt))
+        assert result.returncode == 6, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        for action in ("s3:ListBucketMultipartUploads", "s3:DeleteObject"):
+            assert action in line, line
+        assert "check_permissions" in line and not os.path.ismount(mnt)
+    result = run(
+        "mount",
+        "--config",
+        str(config),
+        str(mnt),
+        env={"REGISTRY_MOUNT_CHECK_PERMISSIONS": "false"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(mnt)
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    # what the probes could not remove without DeleteObject and AbortMultipartUpload
+    leftovers = rgw.keys(bucket) + [u["Key"] for u in rgw.uploads(bucket)]
+    assert all("/s3fs-registry-check-" in key for key in leftovers), leftovers
 
 
 def test_wrong_credentials(rgw: S3Server, tmp_path: Path) -> None:

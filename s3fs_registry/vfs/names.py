@@ -229,7 +229,9 @@ class Names:
         assert node.listing is not None
         entries = dict(node.listing.entries)
         for name, child in self.ns.local_children(node):
-            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
+            # keep `pending`: readdir re-attaches its entries, and a registry upload's data
+            # taken for an object would be deleted, not aborted, by a RemoveAll
+            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag, child.pending)
         return sorted(entries.items())
 
     async def _scan(self, node: Node) -> Listing:
