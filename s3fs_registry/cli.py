@@ -151,7 +151,7 @@ def _fail(message: str, code: int) -> int:
 def _mount(args: argparse.Namespace, config: Config) -> int:
     mountpoint = _mount_point(args.mountpoint)
     if not args.foreground:
-        return _spawn_daemon(config, args.config, mountpoint)
+        return _spawn_daemon(args.config, mountpoint, config)
     flags = [flag for flag in args.fuse_flags.split(",") if flag]
     return _run_foreground(config, mountpoint, args.notify_fd, flags)
 
@@ -165,7 +165,7 @@ def _mount_helper(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise mounthelper.explain(exc, options) from None
     mountpoint = _mount_point(args.mountpoint)
-    return _spawn_daemon(config, args.config, mountpoint, environ, options.fuse)
+    return _spawn_daemon(args.config, mountpoint, config, environ, options.fuse)
 
 
 def _mount_point(path: str) -> str:
@@ -268,9 +268,9 @@ def _tell_parent(fd: int, line: str) -> None:
 
 
 def _spawn_daemon(
-    config: Config,
     config_path: str | None,
     mountpoint: str,
+    config: Config,
     environ: dict[str, str] | None = None,
     flags: Sequence[str] = (),
 ) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install s3fs-registry and mount a bucket. Run as root on Debian 12.
 #
-#   bash scripts/quickstart.sh [CONFIG] [MOUNTPOINT]
+#   bash scripts/quickstart.sh [CONFIG] [MOUNTPOINT]     (CONFIG "" = the default)
 #
 # CONFIG: the daemon's configuration (doc/CONFIGURATION.md). A path that does not exist is
 # an error. Without it, /etc/s3fs-registry/config.yml is used, the path `s3fs-registry mount`
@@ -25,7 +25,7 @@ MOTO_PID=/run/s3fs-registry-moto.pid
 MOTO_LOG=/var/log/s3fs-registry/moto.log
 LOCK_WAIT=${APT_LOCK_WAIT:-600}  # seconds to wait for another apt or dpkg to finish
 
-if [ $# -ge 1 ] && [ ! -f "$CONFIG" ]; then
+if [ -n "${1:-}" ] && [ ! -f "$CONFIG" ]; then
     echo "quickstart: $CONFIG does not exist (give an existing configuration file, or no" \
         "argument for a local test server)" >&2
     exit 2
