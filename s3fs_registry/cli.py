@@ -20,9 +20,11 @@ unreachable; 4 credentials rejected; 5 bucket missing; 6 permission missing; 7 c
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -149,7 +151,7 @@ def _fail(message: str, code: int) -> int:
 def _mount(args: argparse.Namespace, config: Config) -> int:
     mountpoint = _mount_point(args.mountpoint)
     if not args.foreground:
-        return _spawn_daemon(args.config, mountpoint, config)
+        return _spawn_daemon(config, args.config, mountpoint)
     flags = [flag for flag in args.fuse_flags.split(",") if flag]
     return _run_foreground(config, mountpoint, args.notify_fd, flags)
 
@@ -163,16 +165,35 @@ def _mount_helper(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise mounthelper.explain(exc, options) from None
     mountpoint = _mount_point(args.mountpoint)
-    return _spawn_daemon(args.config, mountpoint, config, environ, options.fuse)
+    return _spawn_daemon(config, args.config, mountpoint, environ, options.fuse)
 
 
 def _mount_point(path: str) -> str:
     mountpoint = os.path.abspath(path)
-    if not os.path.isdir(mountpoint):
+    _check_mountpoint(mountpoint)
+    return mountpoint
+
+
+def _check_mountpoint(mountpoint: str) -> None:
+    """One line for each way a mount point can be unusable, each with what to do."""
+    try:
+        info = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise StartupError(
+            f"mount point {mountpoint} does not exist (create it: mkdir -p {mountpoint})", 7
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise StartupError(
+                f"{mountpoint} is a dead FUSE mount (its daemon was killed): clear it with "
+                f"fusermount3 -u {mountpoint}, then mount again",
+                7,
+            ) from None
+        raise StartupError(f"mount point {mountpoint}: {exc.strerror or exc}", 7) from None
+    if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"mount point {mountpoint} is not a directory", 7)
     if os.path.ismount(mountpoint):
         raise StartupError(f"{mountpoint} is already a mount point", 7)
-    return mountpoint
 
 
 def startup_warnings(config: Config) -> list[str]:
@@ -247,9 +268,9 @@ def _tell_parent(fd: int, line: str) -> None:
 
 
 def _spawn_daemon(
+    config: Config,
     config_path: str | None,
     mountpoint: str,
-    config: Config,
     environ: dict[str, str] | None = None,
     flags: Sequence[str] = (),
 ) -> int:

@@ -338,8 +338,7 @@ def run(
     signals: Signals | None = None,
     flags: Sequence[str] = (),
 ) -> int:
-    """Mount and serve until unmounted or signalled; returns the exit code. `flags`: kernel
-    mount flags of mount(8)'s -o (`nosuid`, `ro`, ...)."""
+    """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
     endpoint = _metrics_endpoint(config)
     try:
@@ -452,8 +451,7 @@ async def _mount_and_serve(
         fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
         mount = resolve_ownership(mount, mountpoint)
         try:
-            options = fuse_options(mount, fsname, flags)
-            pyfuse3.init(S3Operations(fs, mount), mountpoint, options)
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(mount, fsname, flags))
         except RuntimeError as exc:
             raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
         background.start_soon(_raise_kernel_readahead_after_init, mountpoint)

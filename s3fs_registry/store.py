@@ -70,6 +70,7 @@ MAX_KEY_BYTES = 1024
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024 * 1024 * 1024 * 1024  # S3's largest object: 5 TiB
 DELETE_BATCH = 1000
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}

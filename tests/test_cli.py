@@ -19,7 +19,7 @@ import yaml
 
 from s3fs_registry import log as daemon_log
 from tests.conftest import MountFactory
-from tests.mounts import REPO, S3Server, free_port, s3_config, wait_until
+from tests.mounts import REPO, Mount, S3Server, free_port, s3_config, wait_until
 
 SECRET = "sekrit-value-never-logged-0123456789"
 # unit settings that give a service a mount namespace of its own (tried: systemd 252)
@@ -122,6 +122,30 @@ def test_unreachable_endpoint(moto: S3Server, tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "cannot reach S3" in one_line(result) and endpoint in result.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_missing_mount_point_and_dead_mount_are_told_apart(moto: S3Server, tmp_path: Path) -> None:
+    """A directory that does not exist, a file, and a FUSE mount whose daemon was killed
+    (kill -9: "Transport endpoint is not connected") each get their own line and exit 7."""
+    config = write_config(tmp_path / "c.yml", s3_config(moto, moto.new_bucket()))
+    missing = tmp_path / "missing"
+    result = run("mount", "--config", str(config), str(missing))
+    assert result.returncode == 7 and "does not exist" in one_line(result)
+    (tmp_path / "file").write_text("")
+    result = run("mount", "--config", str(config), str(tmp_path / "file"))
+    assert result.returncode == 7 and "is not a directory" in one_line(result)
+    dead = Mount(tmp_path / "dead", moto, moto.new_bucket()).start()
+    assert dead.proc is not None
+    dead.proc.kill()
+    dead.proc.wait()
+    try:
+        result = run("mount", "--config", str(config), str(dead.path))
+        line = one_line(result)
+        assert result.returncode == 7 and "dead FUSE mount" in line, line
+        assert f"fusermount3 -u {dead.path}" in line
+    finally:
+        subprocess.run(["fusermount3", "-u", str(dead.path)], check=True)
+        dead.proc = None
 
 
 def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) -> None:

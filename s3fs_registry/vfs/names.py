@@ -19,6 +19,7 @@ from s3fs_registry.errors import FsError
 from s3fs_registry.namespace import (
     UPLOAD_DATA,
     UPLOAD_DIR,
+    V31_TEMP,
     Entry,
     Listing,
     Namespace,
@@ -57,8 +58,10 @@ class Names:
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
         # an upload's data may grow on another replica at any moment: the kernel asks each
-        # time (lseek(SEEK_END) included), and this mount answers from what it knows
-        ttl = 0.0 if node.detached or UPLOAD_DATA.match(rel) else self.ns.ttl(rel)
+        # time (lseek(SEEK_END) included), and this mount answers from what it knows; a
+        # v3.1 temporary file lives only until its rename or close, so it is asked too
+        volatile = node.detached or UPLOAD_DATA.match(rel) or V31_TEMP.match(rel)
+        ttl = 0.0 if volatile else self.ns.ttl(rel)
         mtime = node.mtime if not node.is_dir else self.dir_mtime
         return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
 
@@ -88,6 +91,8 @@ class Names:
         node = parent.children.get(name)
         if not recheck and node is not None and self.ns.fresh(node):
             return node
+        if node is None and V31_TEMP.match(rel):
+            return None  # held by the mount that made it, never in S3: nothing to ask
         if not recheck and self.ns.is_negative(rel):
             return None
         entry = await self._entry(parent, name, rel, recheck)
