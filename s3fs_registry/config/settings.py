@@ -237,8 +237,8 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "How stale another writer's change may look (attributes, directory listings).",
             show=_doc_seconds),
     Setting("immutable_ttl", _TTL, "duration >= 0",
-            "Attribute cache time of content-addressed paths (`blobs/**`, "
-            "`_manifests/revisions/**`), which never change.", show=_doc_seconds),
+            "Attribute cache time of blobs (`blobs/**`: named by their content, removed "
+            "only by garbage collection).", show=_doc_seconds),
     Setting("negative_ttl", _TTL, "duration >= 0", "How long \"does not exist\" is remembered.",
             show=_doc_seconds),
     Setting("memory_budget", _size(0), "size >= 4 x `storage.s3.chunksize`",
