@@ -338,8 +338,7 @@ def run(
     signals: Signals | None = None,
     flags: Sequence[str] = (),
 ) -> int:
-    """Mount and serve until unmounted or signalled; returns the exit code. `flags`: kernel
-    mount flags of mount(8)'s -o (`nosuid`, `ro`, ...)."""
+    """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
     endpoint = _metrics_endpoint(config)
     try:
