@@ -175,9 +175,16 @@ def _mount_point(path: str) -> str:
 
 
 def _check_mountpoint(mountpoint: str) -> None:
-    """One line for each way a mount point can be unusable, each with what to do."""
+    """One line for each way a mount point can be unusable, each with what to do.
+
+    A FUSE mount whose daemon died answers ENOTCONN, but the kernel may still answer a
+    stat() from its attribute cache: statvfs() always asks the file system, so a mount is
+    asked that way before it is called alive.
+    """
     try:
         info = os.stat(mountpoint)
+        if os.path.ismount(mountpoint):
+            os.statvfs(mountpoint)
     except FileNotFoundError:
         raise StartupError(
             f"mount point {mountpoint} does not exist (create it: mkdir -p {mountpoint})", 7
