@@ -177,11 +177,14 @@ def _mount_point(path: str) -> str:
 def _check_mountpoint(mountpoint: str) -> None:
     """One line for each way a mount point can be unusable, each with what to do.
 
-    statvfs asks the file system itself: a stat of a dead FUSE mount's root may still be
-    answered from the kernel's attribute cache, statvfs never is (ENOTCONN)."""
+    A FUSE mount whose daemon died answers ENOTCONN, but the kernel may still answer a
+    stat() from its attribute cache: statvfs() always asks the file system, so a mount is
+    asked that way before it is called alive.
+    """
     try:
         info = os.stat(mountpoint)
-        os.statvfs(mountpoint)
+        if os.path.ismount(mountpoint):
+            os.statvfs(mountpoint)
     except FileNotFoundError:
         raise StartupError(
             f"mount point {mountpoint} does not exist (create it: mkdir -p {mountpoint})", 7
