@@ -198,7 +198,7 @@ class Streams:
         self._wake()
 
     def _set(self, limit: int) -> None:
-        if limit != self.limit:
-            log.debug("read streams: limit %d -> %d", self.limit, limit)
+        if limit != self.limit:  # a few lines as it learns, then at most two per PROBE_S
+            log.info("read streams: at most %d ranged GETs at once (was %d)", limit, self.limit)
         self.limit = limit
         metrics.READ_STREAM_LIMIT.set(limit)
