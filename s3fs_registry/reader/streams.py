@@ -176,7 +176,7 @@ class Streams:
         if current >= before * (1 + GAIN * (level / base - 1)):
             self._grow(level)
             return
-        log.debug(
+        log.info(
             "read streams: %d deliver %.0f MiB/s, %d delivered %.0f: staying at %d",
             level,
             current / 2**20,
