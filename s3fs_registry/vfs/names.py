@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -35,6 +35,9 @@ NAME_MAX = 255
 BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
 SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
 PROBE_KEYS = 1000  # keys a lookup's listing brings back (from the name and below it)
+#: the registry's top directories: a lookup needs only their existence (one key shows it),
+#: and the first page of their subtree is blobs, which a lookup of them cannot use
+SKELETON_TOP = frozenset({"docker", "docker/registry", "docker/registry/v2"})
 FILE = Entry(False)
 
 
@@ -67,6 +70,8 @@ class Names:
         self.store = store
         self.dir_mtime = time.time()
         self._probes: dict[str, _Probe] = {}
+        #: told every key a listing shows (the link cache learns the digests they name)
+        self.learn: Callable[[Iterable[str]], None] | None = None
 
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
@@ -170,17 +175,19 @@ class Names:
         A directory wins over a file of the same name. When siblings fill the page before
         `key/`, the answer comes from a listing with delimiter "/" (`_probe_delimited`).
         """
-        if UPLOAD_DATA.match(key[len(self.ns.prefix) :]):
+        rel = key[len(self.ns.prefix) :]
+        if UPLOAD_DATA.match(rel):
             pending = await self.pending_entry(key)  # first: as the S3 driver, 2 requests
             if pending is not None:
                 return pending
-        page = await self.store.list_page(key, delimiter="", max_keys=PROBE_KEYS)
+        keys = 1 if rel in SKELETON_TOP else PROBE_KEYS
+        page = await self.store.list_page(key, delimiter="", max_keys=keys)
         below = [o for o in page.objects if o.key.startswith(key + "/")]
         last = page.objects[-1].key if page.objects else ""
         truncated = page.next_token is not None
         if below:
             cut = truncated and last.startswith(key + "/")
-            self._keep_subtree(key[len(self.ns.prefix) :], key + "/", below, cut)
+            self._keep_subtree(rel, key + "/", below, cut)
             return Entry(True, 0, self.dir_mtime)
         if truncated and last < key + "/":
             return await self._probe_delimited(key)
@@ -378,6 +385,8 @@ class Names:
     ) -> dict[str, Listing]:
         fetched = self.ns.clock()
         listings: dict[str, Listing] = {base: Listing({}, fetched)}
+        if self.learn is not None:
+            self.learn(o.key for o in objects)
         for obj in objects:
             *dirs, last = obj.key[len(prefix) :].split("/")
             where = base
@@ -417,6 +426,8 @@ class Names:
 
     def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
         entries: dict[str, Entry] = {}
+        if self.learn is not None:
+            self.learn(o.key for o in objects)
         for obj in objects:
             name = obj.key[len(prefix) :]
             if _listable(name):
