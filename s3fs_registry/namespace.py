@@ -74,6 +74,13 @@ UPLOAD_DIR = re.compile(r"^docker/registry/v2/repositories/.+/_uploads/[^/]+$")
 UPLOAD_HASHSTATE = re.compile(
     r"^docker/registry/v2/repositories/.+/_uploads/[^/]+/hashstates/[^/]+/[^/]+$"
 )
+#: registry v3.1's PutContent writes `<path>.<uuidv7>.tmp` and renames it onto `<path>`
+#: (filesystem driver.go: fmt.Sprintf("%s.%s.tmp", subPath, uuid.NewString()), a v7 UUID).
+#: Such a file is held here until its rename uploads it to `<path>`: it never reaches S3.
+V31_TEMP = re.compile(
+    r"^docker/registry/v2/(?:.+/)?[^/]+"
+    r"\.[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.tmp$"
+)
 
 
 @dataclass
@@ -498,6 +505,14 @@ class Namespace:
         while node is not None and node is not self.root and not node.detached:
             node.local, node.checked = True, now
             node = node.parent
+
+    def drop_local(self, node: Node) -> None:
+        """`node` existed only in this mount and goes without trace (a temporary file
+        discarded): unlike `forget_entry`, nothing is said about S3 or the directories."""
+        parent = node.parent
+        if parent is not None and parent.listing is not None:
+            parent.listing.entries.pop(node.name, None)
+        self.detach(node)
 
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""

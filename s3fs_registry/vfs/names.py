@@ -21,6 +21,7 @@ from s3fs_registry.errors import FsError
 from s3fs_registry.namespace import (
     UPLOAD_DATA,
     UPLOAD_DIR,
+    V31_TEMP,
     Entry,
     Listing,
     Namespace,
@@ -76,8 +77,10 @@ class Names:
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
         # an upload's data may grow on another replica at any moment: the kernel asks each
-        # time (lseek(SEEK_END) included), and this mount answers from what it knows
-        ttl = 0.0 if node.detached or UPLOAD_DATA.match(rel) else self.ns.trust_left(node, rel)
+        # time (lseek(SEEK_END) included), and this mount answers from what it knows; a
+        # v3.1 temporary file lives only until its rename or close, so it is asked too
+        volatile = node.detached or UPLOAD_DATA.match(rel) or V31_TEMP.match(rel)
+        ttl = 0.0 if volatile else self.ns.trust_left(node, rel)
         mtime = node.mtime if not node.is_dir else self.dir_mtime
         return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
 
@@ -107,6 +110,8 @@ class Names:
         node = parent.children.get(name)
         if not recheck and node is not None and self.ns.fresh(node):
             return node
+        if node is None and V31_TEMP.match(rel):
+            return None  # held by the mount that made it, never in S3: nothing to ask
         if not recheck and self.ns.is_negative(rel):
             return None
         entry, when = await self._entry(parent, name, rel, recheck)
@@ -332,7 +337,9 @@ class Names:
             self.ns.confirm_ancestors(node, node.listing.fetched)
         entries = dict(node.listing.entries)
         for name, child in self.ns.local_children(node):
-            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
+            # keep `pending`: readdir re-attaches its entries, and a registry upload's data
+            # taken for an object would be deleted, not aborted, by a RemoveAll
+            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag, child.pending)
         return sorted(entries.items())
 
     async def _scan(self, node: Node) -> Listing:
