@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from s3fs_registry.namespace import Node
 from tests.conftest import MountFactory
 from tests.mounts import Mount, S3Server, expect_errno
 from tests.s3proxy import S3Proxy
@@ -239,3 +240,62 @@ def test_the_catalog_walk_stats_every_entry_from_its_listing(pm: Mount, proxy: S
     walk(pm.path / V2 / "repositories")
     assert found == [f"ns/r{i:02d}" for i in range(40)]
     assert requests(proxy) <= 2, "the lookups and one listing of the tree"
+
+
+async def test_small_pages_cut_anywhere_still_give_exact_answers(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup and walk logic itself (vfs.names against the server, no kernel), with
+    pages of 7 keys and subtree scans of two pages: every listing is cut somewhere, partial
+    listings, spans over siblings and their fallbacks are all taken. A walk that lists
+    every directory and looks up every entry, and lookups of absent names, must give
+    exactly what S3 holds."""
+    from s3fs_registry.config import parse_config
+    from s3fs_registry.namespace import Namespace
+    from s3fs_registry.store import Store
+    from s3fs_registry.vfs import names
+    from tests.mounts import s3_config
+
+    monkeypatch.setattr(names, "PROBE_KEYS", 7)
+    monkeypatch.setattr(names, "PAGE_KEYS", 7)
+    monkeypatch.setattr(names, "SUBTREE_PAGES", 2)
+    bucket = s3.new_bucket()
+    config = parse_config({"storage": {"s3": s3_config(s3, bucket)}}, {})
+    store = Store(config.s3, config.mount)
+    keys = {**repo_keys("ns/a", ["v1", "v2"]), **repo_keys("ns/a-x", ["v1"])}
+    for i in range(6):
+        keys.update(repo_keys(f"ns/r{i}", [f"t{j}" for j in range(i)]))
+    for key, body in keys.items():
+        await store.put("reg/" + key, body)
+    tree: dict[str, set[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        for depth in range(len(parts)):
+            tree.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    ns = Namespace("reg/", metadata_ttl=60.0, immutable_ttl=300.0, negative_ttl=60.0)
+    walker = names.Names(ns, store)
+
+    async def walk(node: Node, rel: str) -> None:
+        entries = await walker.list_dir(node.ino)
+        assert {name for name, _ in entries} == tree[rel], rel
+        for name, entry in entries:
+            child = walker.entry_node(node.ino, name, entry)
+            path = f"{rel}/{name}" if rel else name
+            assert child.is_dir == (path in tree), path
+            if child.is_dir:
+                await walk(child, path)
+
+    v2 = ns.root
+    for name in V2.split("/"):  # cold lookups down the skeleton, then deep ones
+        found = await walker.resolve(v2, name)
+        assert found is not None
+        v2 = found
+    repo = v2
+    for name in ["repositories", "ns", "r5", "_manifests", "tags", "t4", "current"]:
+        found = await walker.resolve(repo, name)
+        assert found is not None and found.is_dir, name
+        repo = found
+    assert await walker.resolve(repo, "nothing") is None
+    assert (await walker.resolve(repo, "link")) is not None
+    await walk(v2, V2)
+    assert await walker.resolve(v2, "nothing") is None
