@@ -38,5 +38,7 @@ class Filesystem:
             config.s3.key_prefix(), mount.metadata_ttl, mount.immutable_ttl, mount.negative_ttl
         )
         self.names = Names(self.ns, store)
+        if reads.links is not None:
+            self.names.learn = reads.links.learn
         self.files = Files(self.names, store, writes, reads)
         self.moves = Moves(self.names, self.files, store, writes, config.s3)
