@@ -550,7 +550,12 @@ class CachedReader:
         for data in self._kept.values():
             self.cache.pool.give(len(data))
         self._kept.clear()
-        if self._fd >= 0:
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        """Close the cache file once no load is using it (a closed fd's number may be
+        reused at once by another open: a pread in flight must never read that file)."""
+        if self._fd >= 0 and not self._loading:
             os.close(self._fd)
             self._fd = -1
 
@@ -613,6 +618,8 @@ class CachedReader:
         finally:
             del self._loading[index]
             event.set()
+            if self._blob is None:
+                self._close_fd()  # detached while this load ran
 
 
 def _write_chunk(fd: int, offset: int, data: Buffer, hasher: Any) -> int:
