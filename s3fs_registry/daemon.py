@@ -20,7 +20,7 @@ import trio
 
 from s3fs_registry import metrics
 from s3fs_registry.blobcache import BlobCache
-from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
+from s3fs_registry.budget import MemoryBudget, SpoolBudget
 from s3fs_registry.cloudfront import CloudFrontFetcher
 from s3fs_registry.config import Config
 from s3fs_registry.errors import (
@@ -193,6 +193,7 @@ async def _serve(
 ) -> int:
     await verify_bucket(store, config)
     mount = config.mount
+    cache = await _blob_cache(config)  # a cache directory in use stops us before mounting
     async with trio.open_nursery() as background:
         budget = MemoryBudget(buffer_budget(mount.memory_budget), max(mount.small_file_size, MiB))
         writes = WriteContext(
@@ -216,7 +217,8 @@ async def _serve(
             LinkCache(config.s3.key_prefix()),
             feeds=trio.CapacityLimiter(store.read_slots),
         )
-        cache = await _blob_cache(config, budget.parts, background)
+        if cache is not None:
+            cache.serve(budget.parts, background)
         fs = Filesystem(config, store, writes, reads, cache)
         await _watch(config, mountpoint, budget, writes.spool, background, cache)
         if mount.janitor:
@@ -250,7 +252,7 @@ async def _serve(
     return code
 
 
-async def _blob_cache(config: Config, pool: Pool, nursery: trio.Nursery) -> BlobCache | None:
+async def _blob_cache(config: Config) -> BlobCache | None:
     """The local blob cache when `mount.cache_dir` is set, its index rebuilt from disk."""
     mount, s3 = config.mount, config.s3
     if not mount.cache_dir or mount.cache_size <= 0:
@@ -260,7 +262,7 @@ async def _blob_cache(config: Config, pool: Pool, nursery: trio.Nursery) -> Blob
         "bucket": s3.bucket,
         "prefix": s3.key_prefix(),
     }
-    cache = BlobCache(mount.cache_dir, mount.cache_size, identity, s3.key_prefix(), pool, nursery)
+    cache = BlobCache(mount.cache_dir, mount.cache_size, identity, s3.key_prefix())
     try:
         await trio.to_thread.run_sync(cache.load)
     except OSError as exc:

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import MountFactory
 from tests.mounts import REPO, Mount, S3Server, expect_errno, free_port, read_all, wait_until
 from tests.test_metrics import Samples, scrape
@@ -280,3 +282,26 @@ def test_concurrent_readers_share_one_fill(
     assert (figures["entries"], figures["misses"], figures["gets"]) == (1, readers, 1)
     assert uncached_read(c.mount.path / rel) == blob
     assert c.figures()["gets"] == figures["gets"]
+
+
+def test_digest_named_links_proven_by_their_etag_need_no_get(
+    moto: S3Server, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """A `_layers` link whose ETag is the MD5 of the digest its path names is read with no
+    GET; one holding other bytes is read from S3 as it is; a second daemon of the same
+    bucket and prefix cannot use the same cache directory."""
+    bucket = moto.new_bucket()
+    good, bad = hashlib.sha256(b"good").hexdigest(), hashlib.sha256(b"bad").hexdigest()
+    layers = "docker/registry/v2/repositories/app/_layers/sha256"
+    moto.put(bucket, f"reg/{layers}/{good}/link", f"sha256:{good}".encode())
+    wrong = f"sha256:{'0' * 64}".encode()  # same size, other bytes
+    moto.put(bucket, f"reg/{layers}/{bad}/link", wrong)
+    c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache")
+    assert (c.mount.path / layers / good / "link").read_bytes() == f"sha256:{good}".encode()
+    assert c.figures()["gets"] == 0
+    assert (c.mount.path / layers / bad / "link").read_bytes() == wrong
+    assert c.figures()["gets"] == 1
+    second = Mount(tmp_path / "second", moto, bucket, mount={"cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(RuntimeError, match="in use by another daemon"):
+        second.start()
+    assert second.stop() == 2
