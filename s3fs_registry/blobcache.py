@@ -100,8 +100,13 @@ ReaderFactory = Callable[[], Reader]
 
 
 def cost(size: int) -> int:
-    """Disk space one blob takes: its blocks and a block for its sidecar."""
-    return -(-size // BLOCK) * BLOCK + BLOCK
+    """Disk space one blob takes: its blocks and its sidecar's (at most 11 bytes a CRC)."""
+    sidecar = 512 + 12 * chunks(size)
+    return _blocks(size) + _blocks(sidecar)
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
 
 
 def chunks(size: int) -> int:
@@ -414,7 +419,7 @@ class BlobCache:
         path = os.path.join(self.root, blob.name + SIDECAR)
         meta = {"rel": blob.rel, "size": blob.size, "etag": blob.etag, "chunk": CHUNK}
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({**meta, "crcs": blob.crcs}, f)
+            json.dump({**meta, "crcs": blob.crcs}, f, separators=(",", ":"))
         os.replace(path + ".tmp", path)
 
     def _write_error(self, blob: Blob, exc: OSError) -> None:

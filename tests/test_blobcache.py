@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from tests.conftest import MountFactory
 from tests.mounts import REPO, Mount, S3Server, expect_errno, free_port, read_all, wait_until
+from tests.s3proxy import S3Proxy
 from tests.test_metrics import Samples, scrape
 
 MiB = 1024 * 1024
@@ -78,6 +80,7 @@ def cached_mount(
     cache_dir: Path,
     size: int = 64 * MiB,
     s3: dict[str, Any] | None = None,
+    endpoint: str | None = None,
     **mount: Any,
 ) -> Cached:
     cache_dir.mkdir(exist_ok=True)
@@ -86,6 +89,7 @@ def cached_mount(
         server,
         bucket,
         s3=s3,
+        endpoint=endpoint,
         mount={
             "cache_dir": str(cache_dir),
             "cache_size": size,
@@ -305,3 +309,34 @@ def test_digest_named_links_proven_by_their_etag_need_no_get(
     with pytest.raises(RuntimeError, match="in use by another daemon"):
         second.start()
     assert second.stop() == 2
+
+
+def test_a_cold_blob_does_not_hold_up_a_warm_one(
+    moto: S3Server, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """While the fill of one blob waits for S3, a cached blob is served at once."""
+    bucket = moto.new_bucket()
+    warm, cold = os.urandom(4 * MiB), os.urandom(2 * MiB)
+    warm_rel, cold_rel = put_blob(moto, bucket, "reg/", warm), put_blob(moto, bucket, "reg/", cold)
+    cold_hex = cold_rel.split("/")[-2]
+    with S3Proxy(moto.endpoint) as proxy:
+        c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", endpoint=proxy.url)
+        assert uncached_read(c.mount.path / warm_rel) == warm
+        proxy.add_fault("delay", method="GET", path=f"{cold_hex}/data$", seconds=4, times=1)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(read_all(c.mount.path / cold_rel)))
+        reader.start()
+        try:
+            assert wait_until(
+                lambda: any(r.method == "GET" and cold_hex in r.path for r in proxy.requests),
+                timeout=10,
+            )
+            started = time.monotonic()
+            assert uncached_read(c.mount.path / warm_rel) == warm
+            assert time.monotonic() - started < 1.5
+            assert reader.is_alive()  # the cold read still waits for S3
+        finally:
+            reader.join()
+        assert got == [cold]
+        assert c.figures()["hits"] == 1
+        assert c.mount.stop() == 0
