@@ -138,6 +138,15 @@ class PermissionCheck:
                 log.warning("could not delete scratch key %s: %s", self.key, exc)
 
 
+async def probe(store: Store, config: Config) -> list[Outcome]:
+    """Every permission's outcome; the scratch key and upload are removed in any case."""
+    check = PermissionCheck(store, config)
+    try:
+        return await check.run()
+    finally:
+        await check.cleanup()
+
+
 def format_table(outcomes: list[Outcome]) -> str:
     width = max(len(f"s3:{o.permission}") for o in outcomes)
     lines = [f"{'permission':<{width}}  result   detail"]

@@ -5,15 +5,24 @@ anything is mounted, so a bad setting leaves no dead mount point behind; READY=1
 systemd only once the kernel mount exists; SIGTERM, SIGINT, `fusermount3 -u` and `umount`
 all end the FUSE loop, after which every file still holding unsaved data is committed (or
 its key and error are logged) before the mount is torn down and the process exits.
+
+Signals (`Signals`): SIGTERM, SIGINT and SIGQUIT stop the daemon cleanly at whatever stage
+they arrive, SIGHUP reopens the log file, and every other signal whose default would kill
+the process (and leave a dead mount behind) is logged and ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import logging
 import os
+import pwd
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 import pyfuse3
 import trio
@@ -21,8 +30,9 @@ import trio
 from s3fs_registry import metrics
 from s3fs_registry.blobcache import BlobCache
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
+from s3fs_registry.check import probe
 from s3fs_registry.cloudfront import CloudFrontFetcher
-from s3fs_registry.config import Config
+from s3fs_registry.config import Config, MountConfig
 from s3fs_registry.errors import (
     AccessDeniedError,
     CredentialsError,
@@ -33,6 +43,7 @@ from s3fs_registry.errors import (
 )
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
+from s3fs_registry.log import reopen_log_file
 from s3fs_registry.reader import BlobSource, LinkCache, ReadContext
 from s3fs_registry.status import Report, serve_status
 from s3fs_registry.store import Store
@@ -50,6 +61,23 @@ EXIT_NO_BUCKET = 5
 EXIT_PERMISSION = 6
 EXIT_MOUNT = 7
 EXIT_LOST_UPLOADS = 8
+
+#: end the daemon cleanly: unmount, commit what is pending, exit 0 (8 if an upload failed)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+#: signals whose default action would kill the daemon and leave a dead mount: ignored
+IGNORED_SIGNALS = (
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGIO,
+    signal.SIGPWR,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGXCPU,
+    signal.SIGSTKFLT,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS)
 
 MiB = 1024 * 1024
 RUNTIME_OVERHEAD = 160 * MiB
@@ -141,10 +169,75 @@ async def verify_bucket(store: Store, config: Config) -> None:
         raise StartupError(f"cannot list {where}: {exc}", EXIT_UNEXPECTED) from None
 
 
-def fuse_options(config: Config, fsname: str) -> set[str]:
+def resolve_ownership(mount: MountConfig, mountpoint: str) -> MountConfig:
+    """`mount` with the uid, gid and allow_other the mount uses.
+
+    uid/gid -1 take the mount point's owner and group, read before mounting: Debian's
+    `/var/lib/docker-registry` belongs to `docker-registry`, the user its registry unit runs
+    as, so the registry can write to the mount unchanged. `allow_other: auto` turns FUSE's
+    allow_other on exactly when those are not the daemon's own, since FUSE would otherwise
+    refuse every other user, the files' owner included.
+    """
+    info = os.stat(mountpoint)
+    uid = mount.uid if mount.uid >= 0 else info.st_uid
+    gid = mount.gid if mount.gid >= 0 else info.st_gid
+    allow_other = mount.allow_other
+    if allow_other is None:
+        allow_other = (uid, gid) != (os.geteuid(), os.getegid())
+    if (uid, gid) != (os.geteuid(), os.getegid()) or allow_other:
+        log.info(
+            "files belong to %s:%s; other users %s",
+            _user_name(uid),
+            _group_name(gid),
+            "may enter (allow_other)" if allow_other else "may not enter (allow_other off)",
+        )
+    return dataclasses.replace(mount, uid=uid, gid=gid, allow_other=allow_other)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} ({gid})"
+    except KeyError:
+        return str(gid)
+
+
+async def require_permissions(store: Store, config: Config) -> None:
+    """The probe of `s3fs-registry check`, at start: a mount without a permission the
+    registry needs would fail later, on the registry's first push or cancel, so it stops
+    now with check's exit code and the actions' names (unless mount.check_permissions is
+    off)."""
+    s3 = config.s3
+    where = f"s3://{s3.bucket}/{s3.key_prefix()}"
+    try:
+        outcomes = await probe(store, config)
+    except CredentialsError as exc:
+        raise StartupError(f"S3 rejected the credentials ({exc.code})", EXIT_CREDENTIALS) from None
+    except TransientError as exc:
+        raise StartupError(f"permission probe on {where}: {exc}", EXIT_UNREACHABLE) from None
+    except StoreError as exc:
+        raise StartupError(f"permission probe on {where} failed: {exc}", EXIT_UNEXPECTED) from None
+    missing = [f"s3:{o.permission}" for o in outcomes if not o.granted]
+    if missing:
+        raise StartupError(
+            f"permission {', '.join(missing)} refused on {where}; `s3fs-registry check` shows "
+            "each permission (set mount.check_permissions: false to mount without this probe)",
+            EXIT_PERMISSION,
+        )
+    log.info("all %d permissions the registry needs are granted on %s", len(outcomes), where)
+
+
+def fuse_options(mount: MountConfig, fsname: str, flags: Iterable[str] = ()) -> set[str]:
+    """libfuse's options; `flags` are kernel mount flags given to mount(8) (`nosuid`, `ro`)."""
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options |= {f"fsname={fsname}", "subtype=s3fs-registry"}
-    if config.mount.allow_other:
+    options |= {f"fsname={fsname}", "subtype=s3fs-registry", *flags}
+    if mount.allow_other:
         options.add("allow_other")
     return options
 
@@ -164,12 +257,93 @@ def _blob_source(config: Config, store: Store) -> BlobSource | None:
     return BlobSource(fetcher, store)
 
 
-def run(config: Config, mountpoint: str, on_ready: Callable[[], None] = lambda: None) -> int:
+def _signal_name(signum: int) -> str:
+    if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return signal.Signals(signum).name
+
+
+class Signals:
+    """What each signal does, at every stage of the daemon's life.
+
+    A stop signal ends the daemon cleanly whenever it comes: before the mount exists it
+    stops the start (nothing is mounted, exit 0); while the FUSE loop runs it ends the loop
+    (`pyfuse3.terminate()`, once); later it is noted and the shutdown goes on. terminate()
+    is only ever called while the FUSE session exists: after `pyfuse3.close()` it would use
+    the freed session and crash the process (a SIGTERM just after `fusermount3 -u` did).
+
+    `install()` puts process-wide handlers in place before anything else, so that no stage
+    is left to a signal's default action: outside trio they only take note (and SIGHUP
+    reopens the log); inside, `watch` receives them. `ignore_all()` at the very end keeps
+    Python's finalisation, which restores default actions, from dying of a late signal.
+    """
+
+    def __init__(self) -> None:
+        self.stop_signal = ""  # the name of the first stop signal received
+        self._on_stop: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._handler)
+
+    def ignore_all(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.handle(signum)
+
+    async def watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive signals on the trio thread, where stopping may touch trio and pyfuse3."""
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
+            task_status.started()
+            async for signum in received:
+                self.handle(signum)
+
+    def handle(self, signum: int) -> None:
+        name = _signal_name(signum)
+        if signum == signal.SIGHUP:
+            path = reopen_log_file()
+            log.info("SIGHUP received: %s", f"log file {path} reopened" if path else "no log file")
+        elif signum in STOP_SIGNALS:
+            if self.stop_signal:
+                log.info("%s received: already stopping", name)
+                return
+            self.stop_signal = name
+            log.info("%s received: finishing uploads and unmounting", name)
+            if self._on_stop is not None:
+                self._on_stop()
+        else:
+            log.warning(
+                "%s received and ignored (SIGTERM or SIGINT stop the daemon, SIGHUP reopens "
+                "the log file)",
+                name,
+            )
+
+    @contextmanager
+    def stopping_with(self, action: Callable[[], None]) -> Iterator[None]:
+        """While in the block, a stop signal (also one already received) calls `action`."""
+        self._on_stop = action
+        try:
+            if self.stop_signal:
+                action()
+            yield
+        finally:
+            self._on_stop = None
+
+
+def run(
+    config: Config,
+    mountpoint: str,
+    on_ready: Callable[[], None] = lambda: None,
+    signals: Signals | None = None,
+    flags: Sequence[str] = (),
+) -> int:
     """Mount and serve until unmounted or signalled; returns the exit code."""
     store = Store(config.s3, config.mount)  # the boto3 client is built outside trio.run
     endpoint = _metrics_endpoint(config)
     try:
-        return trio.run(_serve, config, store, mountpoint, on_ready)
+        return trio.run(_serve, config, store, mountpoint, on_ready, signals or Signals(), flags)
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -189,59 +363,28 @@ def _metrics_endpoint(config: Config) -> metrics.Endpoint | None:
 
 
 async def _serve(
-    config: Config, store: Store, mountpoint: str, on_ready: Callable[[], None]
+    config: Config,
+    store: Store,
+    mountpoint: str,
+    on_ready: Callable[[], None],
+    signals: Signals,
+    flags: Sequence[str],
 ) -> int:
-    await verify_bucket(store, config)
-    mount = config.mount
-    cache = await _blob_cache(config)  # a cache directory in use stops us before mounting
+    """The daemon's life on the trio thread, signals received from the first moment on;
+    a StartupError leaves as itself (one line, its exit code), not in an exception group."""
+    failure: StartupError | None = None
+    code = EXIT_OK
     async with trio.open_nursery() as background:
-        budget = MemoryBudget(buffer_budget(mount.memory_budget), max(mount.small_file_size, MiB))
-        writes = WriteContext(
-            store,
-            budget,
-            SpoolBudget(mount.spool_limit),
-            background,
-            config.s3.chunksize,
-            mount.spool_dir,
-            config.s3.multipartcopychunksize,
-            config.s3.multipartcopymaxconcurrency,
-        )
-        blobs = _blob_source(config, store)
-        reads = ReadContext(
-            store,
-            budget.parts,
-            background,
-            mount.small_file_size,
-            mount.read_ahead,
-            blobs,
-            LinkCache(config.s3.key_prefix()),
-            feeds=trio.CapacityLimiter(store.read_slots),
-        )
-        if cache is not None:
-            cache.serve(budget.parts, background)
-        fs = Filesystem(config, store, writes, reads, cache)
-        await _watch(config, mountpoint, budget, writes.spool, background, cache)
-        if mount.janitor:
-            janitor = Janitor(
-                store, config.s3.key_prefix(), mount.janitor_age, mount.janitor_interval
-            )
-            background.start_soon(janitor.run)
-        fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
+        await background.start(signals.watch)
         try:
-            pyfuse3.init(S3Operations(fs, mount), mountpoint, fuse_options(config, fsname))
-        except RuntimeError as exc:
-            raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
-        background.start_soon(_raise_kernel_readahead_after_init, mountpoint)
-        code = await _serve_mounted(fs, background, mountpoint, on_ready)
-        with trio.move_on_after(config.mount.retry_time + config.mount.read_timeout):
-            await writes.drain()  # aborts of failed uploads, so nothing is left behind
+            code = await _mount_and_serve(
+                config, store, mountpoint, on_ready, signals, background, flags
+            )
+        except StartupError as exc:
+            failure = exc
         background.cancel_scope.cancel()
-    if cache is not None:
-        log.info("blob cache: %s", cache.report())
-        cache.close()
-    if blobs is not None:
-        log.info("CloudFront: %s", blobs.fetcher.stats)
-        blobs.fetcher.close()
+    if failure is not None:
+        raise failure
     log.info(
         "S3 requests: %d (%d retries, %d failed after retries): %s",
         store.stats.total(),
@@ -250,6 +393,84 @@ async def _serve(
         store.stats.requests,
     )
     return code
+
+
+def _stopped_before_mounting(signals: Signals) -> bool:
+    if signals.stop_signal:
+        log.info("%s before the mount was up: nothing mounted", signals.stop_signal)
+    return bool(signals.stop_signal)
+
+
+async def _mount_and_serve(
+    config: Config,
+    store: Store,
+    mountpoint: str,
+    on_ready: Callable[[], None],
+    signals: Signals,
+    background: trio.Nursery,
+    flags: Sequence[str],
+) -> int:
+    with trio.CancelScope() as starting, signals.stopping_with(starting.cancel):
+        await verify_bucket(store, config)
+        if config.mount.check_permissions:
+            await require_permissions(store, config)
+    if _stopped_before_mounting(signals):
+        return EXIT_OK
+    mount = config.mount
+    budget = MemoryBudget(buffer_budget(mount.memory_budget), max(mount.small_file_size, MiB))
+    writes = WriteContext(
+        store,
+        budget,
+        SpoolBudget(mount.spool_limit),
+        background,
+        config.s3.chunksize,
+        mount.spool_dir,
+        config.s3.multipartcopychunksize,
+        config.s3.multipartcopymaxconcurrency,
+    )
+    blobs = _blob_source(config, store)
+    reads = ReadContext(
+        store,
+        budget.parts,
+        background,
+        mount.small_file_size,
+        mount.read_ahead,
+        blobs,
+        LinkCache(config.s3.key_prefix()),
+        feeds=trio.CapacityLimiter(store.read_slots),
+    )
+    cache = await _blob_cache(config)
+    if cache is not None:
+        cache.serve(budget.parts, background)
+    fs = Filesystem(config, store, writes, reads, cache)
+    try:
+        await _watch(config, mountpoint, budget, writes.spool, background, cache)
+        if mount.janitor:
+            janitor = Janitor(
+                store, config.s3.key_prefix(), mount.janitor_age, mount.janitor_interval
+            )
+            background.start_soon(janitor.run)
+        if _stopped_before_mounting(signals):
+            return EXIT_OK
+        fsname = f"s3fs-registry:{config.s3.bucket}/{config.s3.key_prefix()}"
+        mount = resolve_ownership(mount, mountpoint)
+        try:
+            options = fuse_options(mount, fsname, flags)
+            pyfuse3.init(S3Operations(fs, mount), mountpoint, options)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNT) from None
+        background.start_soon(_raise_kernel_readahead_after_init, mountpoint)
+        code = await _serve_mounted(fs, mountpoint, on_ready, signals)
+        with trio.move_on_after(config.mount.retry_time + config.mount.read_timeout):
+            await writes.drain()  # aborts of failed uploads, so nothing is left behind
+        return code
+    finally:
+        if cache is not None:
+            log.info("blob cache: %s", cache.report())
+            cache.close()
+        if blobs is not None:
+            log.info("CloudFront: %s", blobs.fetcher.stats)
+            blobs.fetcher.close()
 
 
 async def _blob_cache(config: Config) -> BlobCache | None:
@@ -287,14 +508,14 @@ async def _watch(
 
 
 async def _serve_mounted(
-    fs: Filesystem, background: trio.Nursery, mountpoint: str, on_ready: Callable[[], None]
+    fs: Filesystem, mountpoint: str, on_ready: Callable[[], None], signals: Signals
 ) -> int:
     try:
-        background.start_soon(_terminate_on_signal)
         log.info("mounted %s", mountpoint)
         sd_notify("READY=1")
         on_ready()
-        await pyfuse3.main()
+        with signals.stopping_with(pyfuse3.terminate):
+            await pyfuse3.main()
         sd_notify("STOPPING=1")
         log.info("FUSE loop ended; committing pending uploads")
         failures = await fs.files.commit_all()
@@ -306,10 +527,3 @@ async def _serve_mounted(
         return EXIT_LOST_UPLOADS
     log.info("unmounted %s cleanly", mountpoint)
     return EXIT_OK
-
-
-async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("%s received: finishing uploads and unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()

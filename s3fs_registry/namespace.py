@@ -8,13 +8,23 @@ descendant at once.
 
 Beliefs about S3 age. Each node records when its attributes were last confirmed
 (`checked`, on a monotonic clock); each directory may hold the listing it was last read
-with. How long a belief is trusted depends on the path: content-addressed registry paths
-(`blobs/**`, `_manifests/revisions/**`) never change once written, so their attributes are
-trusted for `immutable_ttl`, and so are the registry's skeleton directories
-(`docker/registry/v2`, its `blobs` and `repositories`); everything else for `metadata_ttl`,
-which bounds how stale another mount's change can look. "Does not exist" is remembered
-for `negative_ttl`. What this mount itself did is always known at once: its own writes,
-renames and deletes update the nodes, listings and negative entries directly.
+with. How long a belief is trusted depends on the path: blobs (`blobs/**`) are named by
+their content and only garbage collection removes them, so their attributes are trusted
+for `immutable_ttl`, and so are the registry's skeleton directories (`docker/registry/v2`,
+its `blobs` and `repositories`); everything else for `metadata_ttl`, which bounds how stale
+another mount's change can look (a manifest's revision link too: a manifest DELETE on
+another replica removes it, and this mount must say 404 within that bound). "Does not
+exist" is remembered for `negative_ttl`. What this mount itself did is always known at
+once: its own writes, renames and deletes update the nodes, listings and negative entries
+directly.
+
+Listings answer lookups. A lookup that finds no fresh answer lists the name as a prefix
+without delimiter (vfs/names.py): one request says what the name is and brings the
+listings of every directory below it, kept in `prefetched` until they are visited; a page
+that stopped early gives partial listings (`Listing.upto`) that still answer the names
+before the key it stopped at. Any key below a directory proves the directory and all its
+ancestors exist at that moment (`confirm_ancestors`), so a path confirmed deep keeps its
+chain fresh, and the time a belief dates from is the listing's, never later.
 
 Nothing here does I/O or imports pyfuse3; vfs.py drives it.
 """
@@ -38,9 +48,7 @@ ROOT_INODE = 1
 NEGATIVE_CACHE_ENTRIES = 65536
 MISSES_BEFORE_LISTING = 3  # vain lookups in a directory before it is listed instead
 PREFETCHED_LISTINGS = 20000  # listings of subdirectories kept from subtree scans
-IMMUTABLE_PATH = re.compile(
-    r"^docker/registry/v2/(blobs/.+|repositories/.+/_manifests/revisions/.+)$"
-)
+IMMUTABLE_PATH = re.compile(r"^docker/registry/v2/blobs/.+$")
 #: registry files whose content is a function of their path (hash states of an upload at an
 #: offset, links named by the digest they hold, blobs): rewriting one with the bytes this
 #: mount stored moments ago cannot be undoing another writer's change
@@ -65,6 +73,13 @@ UPLOAD_DIR = re.compile(r"^docker/registry/v2/repositories/.+/_uploads/[^/]+$")
 #: a registry upload's hash state: `_uploads/<uuid>/hashstates/<alg>/<offset>`
 UPLOAD_HASHSTATE = re.compile(
     r"^docker/registry/v2/repositories/.+/_uploads/[^/]+/hashstates/[^/]+/[^/]+$"
+)
+#: registry v3.1's PutContent writes `<path>.<uuidv7>.tmp` and renames it onto `<path>`
+#: (filesystem driver.go: fmt.Sprintf("%s.%s.tmp", subPath, uuid.NewString()), a v7 UUID).
+#: Such a file is held here until its rename uploads it to `<path>`: it never reaches S3.
+V31_TEMP = re.compile(
+    r"^docker/registry/v2/(?:.+/)?[^/]+"
+    r"\.[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.tmp$"
 )
 
 
@@ -106,6 +121,25 @@ class Listing:
     entries: dict[str, Entry]
     fetched: float
     marker: bool = False  # S3 holds a `dir/` marker object (written by another tool)
+    #: None: every name of the directory is here. Otherwise the listing came from a page
+    #: that stopped at this key (relative to the directory's prefix): only the names all of
+    #: whose keys sort before it are known, present or absent (`covers`)
+    upto: str | None = None
+    #: a registry upload's directory listed with a subtree: its `data` may be a multipart
+    #: upload kept open, which no listing shows, so that one name is always asked of S3
+    blind: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Does the listing stand for the whole directory (readdir, rmdir)?"""
+        return self.upto is None and not self.blind
+
+    def covers(self, name: str) -> bool:
+        """Does the listing tell whether `name` exists (as a file or a directory)?"""
+        if self.blind and name == "data":
+            return False
+        upto = self.upto
+        return upto is None or (upto > name + "/" and not upto.startswith(name + "/"))
 
 
 class Node:
@@ -222,6 +256,15 @@ class Namespace:
             return self.immutable_ttl
         return self.metadata_ttl
 
+    def trust_left(self, node: Node, rel: str) -> float:
+        """How much longer the node's attributes are trusted (what the kernel may cache):
+        the rest of its TTL since it was confirmed, so that an answer taken from a listing
+        made a while ago is not cached for a whole TTL more."""
+        ttl = self.ttl(rel)
+        if node.local or node.file is not None:
+            return ttl
+        return min(ttl, max(0.0, node.checked + ttl - self.clock()))
+
     def confirmed_recently(self, node: Node) -> bool:
         """Were the node's attributes confirmed (by S3 or this mount's own write) within
         its TTL? Unlike `fresh`, being open for writing does not count."""
@@ -252,15 +295,39 @@ class Namespace:
         return recent and parent.misses >= MISSES_BEFORE_LISTING and now >= parent.big_until
 
     def listing_fresh(self, node: Node) -> bool:
+        """Is the directory's complete listing at hand and fresh?"""
+        listing = self.listing_of(node)
+        return listing is not None and listing.complete
+
+    def listing_of(self, node: Node) -> Listing | None:
+        """The directory's listing while it is fresh, complete or partial (`Listing.upto`)."""
         now = self.clock()
-        if node.listing is not None and now - node.listing.fetched < self.metadata_ttl:
-            return True
-        if self.prefetched:  # a listing of an ancestor's subtree may cover this directory
-            listing = self.prefetched.pop(self.rel(node), None)
-            if listing is not None and now - listing.fetched < self.metadata_ttl:
-                node.listing = listing
-                return True
-        return False
+        listing = node.listing
+        if listing is not None and now - listing.fetched >= self.metadata_ttl:
+            listing = None
+        if (listing is None or not listing.complete) and self.prefetched:
+            # a listing of an ancestor's subtree may cover this directory
+            kept = self.prefetched.pop(self.rel(node), None)
+            fresh = kept is not None and now - kept.fetched < self.metadata_ttl
+            if fresh and kept is not None and _better(kept, listing):
+                node.listing = listing = kept
+        return listing
+
+    def prefetched_dir(self, rel: str) -> float | None:
+        """When a kept subtree listing last showed `rel` as a directory (some key under it),
+        while that is fresh; None if none does."""
+        listing = self.prefetched.get(rel) if self.prefetched else None
+        if listing is None or self.clock() - listing.fetched >= self.metadata_ttl:
+            return None
+        return listing.fetched
+
+    def confirm_ancestors(self, node: Node, when: float) -> None:
+        """A key under `node` (or `node` itself) existed in S3 at `when`, and so did every
+        directory above it: a deep path confirmed keeps its whole chain fresh."""
+        parent = node.parent
+        while parent is not None and parent is not self.root and parent.checked < when:
+            parent.checked = when
+            parent = parent.parent
 
     def _drop_prefetched(self, parent: Node) -> None:
         if self.prefetched:
@@ -313,9 +380,14 @@ class Namespace:
     def child(self, parent: Node, name: str) -> Node | None:
         return parent.children.get(name)
 
-    def attach(self, parent: Node, name: str, entry: Entry) -> Node:
-        """The child `name` as `entry` says, created or updated, attributes now confirmed."""
+    def attach(self, parent: Node, name: str, entry: Entry, when: float | None = None) -> Node:
+        """The child `name` as `entry` says, created or updated, attributes confirmed at
+        `when` (the time of the listing that said so; now if not given). What the node
+        learnt later than `when` is kept."""
+        when = self.clock() if when is None else when
         node = parent.children.get(name)
+        if node is not None and when < node.checked and node.is_dir == entry.is_dir:
+            return node  # confirmed since that listing was made: it knows better
         if node is not None and node.is_dir != entry.is_dir and node.file is None:
             self.detach(node)
             node = None
@@ -330,7 +402,7 @@ class Namespace:
             node.size, node.mtime, node.etag = entry.size, entry.mtime, entry.etag
             node.in_s3 = not entry.is_dir and entry.pending is None
             node.pending = entry.pending
-        node.checked = self.clock()
+        node.checked = when
         self.clear_negative(self.child_rel(parent, name))
         return node
 
@@ -439,6 +511,14 @@ class Namespace:
             node.local, node.checked = True, now
             node = node.parent
 
+    def drop_local(self, node: Node) -> None:
+        """`node` existed only in this mount and goes without trace (a temporary file
+        discarded): unlike `forget_entry`, nothing is said about S3 or the directories."""
+        parent = node.parent
+        if parent is not None and parent.listing is not None:
+            parent.listing.entries.pop(node.name, None)
+        self.detach(node)
+
     def local_children(self, parent: Node) -> Iterator[tuple[str, Node]]:
         """Children that exist here but maybe not yet in S3 (new dirs, files being written)."""
         for name, node in parent.children.items():
@@ -449,3 +529,8 @@ class Namespace:
         for child in list(node.children.values()):
             yield child
             yield from self.descendants(child)
+
+
+def _better(kept: Listing, current: Listing | None) -> bool:
+    """Should a kept listing replace the partial or missing one a directory holds?"""
+    return current is None or kept.complete or kept.fetched > current.fetched

@@ -24,6 +24,7 @@ a read gives ESTALE, never a mix of two versions.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import OrderedDict, deque
@@ -88,11 +89,16 @@ class LinkCache:
     then the blob's descriptor); the native driver's count of GETs is reached only by not
     asking again. Entries are also keyed by ETag, so bytes someone wrote there by hand are
     never served in place of the new ones once the mount has seen the new ETag.
+
+    A link never read before needs no GET either when its ETag (from the listing that
+    found it) is the MD5 of the digest its path names: S3 gives an object stored in one
+    PutObject, unencrypted or SSE-S3, the MD5 of its bytes as ETag, so those bytes are
+    known. Any other ETag (multipart, SSE-KMS, other bytes) costs the GET.
     """
 
     PATH = re.compile(
         r"docker/registry/v2/repositories/.+/"
-        r"(_layers|_manifests/revisions|_manifests/tags/[^/]+/index)/[^/]+/[^/]+/link"
+        r"(?:_layers|_manifests/revisions|_manifests/tags/[^/]+/index)/([^/]+)/([^/]+)/link"
     )
     MAX_SIZE = 1024  # a link is "<alg>:<hex>": 71 bytes for sha256
 
@@ -108,12 +114,26 @@ class LinkCache:
     def get(self, key: str, etag: str, size: int) -> bytes | None:
         kept = self._data.get(key)
         if kept is None or not etag or kept[0] != etag or len(kept[1]) != size:
-            if self.holds(key):  # (a GET follows: the regex costs nothing next to it)
-                metrics.LINKS_MISS.inc()
-            return None
+            named = self._named(key, etag, size)  # (a GET follows unless it knows)
+            if named is None:
+                if self.holds(key):
+                    metrics.LINKS_MISS.inc()
+                return None
+            self.put(key, etag, named)
+            kept = (etag, named)
         metrics.LINKS_HIT.inc()
         self._data.move_to_end(key)
         return kept[1]
+
+    def _named(self, key: str, etag: str, size: int) -> bytes | None:
+        """The digest the link's path names, if its ETag proves that is what it holds."""
+        match = self.PATH.fullmatch(key[len(self._prefix) :])
+        if match is None or not etag:
+            return None
+        digest = f"{match[1]}:{match[2]}".encode()
+        if len(digest) != size or hashlib.md5(digest).hexdigest() != etag.strip('"'):
+            return None
+        return digest
 
     def put(self, key: str, etag: str, data: bytes) -> None:
         if not etag or len(data) > self.MAX_SIZE or not self.holds(key):

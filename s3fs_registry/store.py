@@ -13,9 +13,12 @@ MD5 of the part ETags), an AbortMultipartUpload of a gone upload is done, and De
 is idempotent.
 
 Every object write carries the registry driver's headers (Content-Type
-application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and a checksum
-of its body that S3 verifies (the signed SHA-256 payload hash with SigV4, Content-MD5 with
-SigV2); every GET is checked for status, length and range before its bytes are handed on.
+application/octet-stream, x-amz-acl, x-amz-storage-class unless NONE, SSE) and checksums of
+its body that S3 verifies: Content-MD5 on PutObject, UploadPart and DeleteObjects, as the
+registry's driver (aws-sdk-go v1) sends it, plus with SigV4 the signed SHA-256 payload hash;
+never botocore's newer x-amz-checksum-* headers, which that driver does not send and some
+S3-compatible stores refuse. Every GET is checked for status, length and range before its
+bytes are handed on.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from s3fs_registry.errors import (
     TransientError,
 )
 
+#: at DEBUG: one line per S3 request attempt and, with `storage.s3.loglevel`, what went over
+#: the wire; log.py shows these whatever the mount's level when `loglevel` is set
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -65,6 +70,7 @@ MAX_KEY_BYTES = 1024
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024 * 1024 * 1024 * 1024  # S3's largest object: 5 TiB
 DELETE_BATCH = 1000
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -251,13 +257,18 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
         region_name=s3.region or "us-east-1",
         signature_version="s3v4" if s3.v4auth else "s3",
         s3={
-            "addressing_style": "path" if s3.path_style() else "auto",
+            # Transfer Acceleration needs virtual hosts: path style is ignored, as by the SDK
+            "addressing_style": "path" if s3.path_style() and not s3.accelerate else "auto",
+            "use_accelerate_endpoint": s3.accelerate,
             # SigV4 signs every body's SHA-256 (x-amz-content-sha256), which S3 and Ceph RGW
-            # verify (XAmzContentSHA256Mismatch): the upload checksum, also over https. It
-            # costs less CPU than Content-MD5 (SHA-256 runs at 1.7 GB/s here, MD5 at 0.7),
-            # and RGW ignores the newer x-amz-checksum-* headers. SigV2 sends Content-MD5.
+            # verify (XAmzContentSHA256Mismatch), also over https, as aws-sdk-go v1 does;
+            # Content-MD5 comes on top (Store._checksum), as that SDK sends it too
             "payload_signing_enabled": s3.v4auth,
         },
+        # as the registry: only `true` is applied, else the SDK's own settings decide
+        # (AWS_USE_DUALSTACK_ENDPOINT, AWS_USE_FIPS_ENDPOINT, the profile)
+        use_dualstack_endpoint=True if s3.usedualstack else None,
+        use_fips_endpoint=True if s3.usefipsendpoint else None,
         max_pool_connections=mount.max_connections,
         connect_timeout=mount.connect_timeout,
         read_timeout=mount.read_timeout,
@@ -282,6 +293,11 @@ def make_client(s3: S3Config, mount: MountConfig) -> Any:
         "s3", endpoint_url=s3.endpoint_url(), config=config, verify=verify, use_ssl=s3.secure
     )
     client.meta.events.register("before-send.s3", _drop_expect_header)
+    client.meta.events.register_last("before-call.s3", _md5_not_flexible_checksums)
+    if s3.loglevel in ("debugwithsigning", "debugwithhttpbody"):
+        client.meta.events.register("before-send.s3", functools.partial(_log_sent, s3.loglevel))
+    if s3.loglevel == "debugwithhttpbody":
+        client.meta.events.register("before-parse.s3", _log_received)
     if not s3.v4auth and s3.path_style():
         endpoint_path = urlsplit(client.meta.endpoint_url).path.rstrip("/")
         fix = functools.partial(_bucket_path_as_signed, f"{endpoint_path}/{s3.bucket}")
@@ -315,6 +331,26 @@ def fast_timestamp(value: str) -> datetime.datetime:
         return parsed
 
 
+#: operations botocore gives a checksum of its own (httpChecksumRequired) that this daemon uses
+_CHECKSUM_REQUIRED = {"DeleteObjects"}
+
+
+def _md5_not_flexible_checksums(model: Any, params: dict[str, Any], **_: Any) -> None:
+    """Checksums as the registry's driver sends them: Content-MD5, no x-amz-checksum-*.
+
+    botocore >= 1.36 gives operations that require a checksum (DeleteObjects) a CRC32 in
+    `x-amz-checksum-crc32` plus `x-amz-sdk-checksum-algorithm`, even with
+    request_checksum_calculation "when_required"; stores that predate those headers refuse
+    them, and stores that insist on Content-MD5 refuse the request without it. Runs last
+    before the call, on the final body.
+    """
+    checksum = params.get("context", {}).get("checksum", {})
+    checksum.pop("request_algorithm", None)
+    checksum.pop("request_algorithm_header", None)
+    if model.name in _CHECKSUM_REQUIRED and "Content-MD5" not in params["headers"]:
+        params["headers"]["Content-MD5"] = content_md5(params["body"])
+
+
 def _drop_expect_header(request: Any, **_: Any) -> None:
     """Send bodies without `Expect: 100-continue` (the header is not signed).
 
@@ -323,6 +359,75 @@ def _drop_expect_header(request: Any, **_: Any) -> None:
     request on it stalls for the whole read timeout (boto/botocore#3010).
     """
     request.headers.pop("Expect", None)
+
+
+_SIGNATURE_PART = re.compile(r"(Signature=|^AWS [^:]+:)[^,\s]+")
+_SECRET_HEADERS = {"x-amz-security-token"}
+_SIGNING_HEADERS = ("authorization", "x-amz-date", "x-amz-content-sha256", "content-md5")
+_BODY_LIMIT = 4096
+
+
+def _redacted_headers(headers: Any, names: Iterable[str] | None = None) -> str:
+    """Headers for a log line: the signature and any session token replaced by REDACTED."""
+    shown = []
+    for name, value in headers.items():
+        lower = str(name).lower()
+        if names is not None and lower not in names:
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if lower in _SECRET_HEADERS:
+            text = "REDACTED"
+        elif lower == "authorization":
+            text = _SIGNATURE_PART.sub(r"\1REDACTED", text)
+        shown.append(f"{name}: {text}")
+    return "; ".join(shown)
+
+
+def _body_text(body: Any, xml: bool) -> str:
+    """An XML body (listings, DeleteObjects, errors) up to 4 KiB; object data as a count."""
+    if body is None or body == b"":
+        return "no body"
+    if not isinstance(body, bytes | bytearray):
+        return "streamed body"
+    if not xml:
+        return f"{len(body)} bytes"
+    text = bytes(body[:_BODY_LIMIT]).decode("utf-8", "replace")
+    return text + (f"... ({len(body)} bytes)" if len(body) > _BODY_LIMIT else "")
+
+
+def _log_sent(level: str, request: Any, **_: Any) -> None:
+    """loglevel debugwithsigning / debugwithhttpbody: what a request carries (no secrets)."""
+    if level == "debugwithsigning":
+        log.debug(
+            "S3 signed %s %s: %s",
+            request.method,
+            request.url,
+            _redacted_headers(request.headers, _SIGNING_HEADERS),
+        )
+        return
+    body = request.body
+    xml = request.method == "POST" or str(request.headers.get("Content-Type", "")).endswith("xml")
+    log.debug(
+        "S3 request %s %s: %s; body: %s",
+        request.method,
+        request.url,
+        _redacted_headers(request.headers),
+        _body_text(body, xml),
+    )
+
+
+def _log_received(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    """loglevel debugwithhttpbody: status, headers and XML body of a response."""
+    headers = response_dict.get("headers", {})
+    streaming = operation_model.has_streaming_output and response_dict.get("status_code", 0) < 300
+    xml = not streaming and bool(response_dict.get("body"))
+    log.debug(
+        "S3 response %s %s: %s; body: %s",
+        operation_model.name,
+        response_dict.get("status_code"),
+        _redacted_headers(headers),
+        "object data" if streaming else _body_text(response_dict.get("body"), xml),
+    )
 
 
 def known_regions() -> list[str]:
@@ -444,8 +549,9 @@ class Store:
         return self._bucket
 
     def _checksum(self, body: bytes | bytearray) -> dict[str, str]:
-        """Content-MD5 for SigV2; with SigV4 the signed payload hash is the checksum."""
-        return {} if self._s3.v4auth else {"ContentMD5": content_md5(body)}
+        """Content-MD5, as the registry's driver sends it (SigV4 and SigV2): S3 refuses the
+        body if it differs, and some S3-compatible stores refuse a write without it."""
+        return {"ContentMD5": content_md5(body)}
 
     def _object_write_args(self) -> dict[str, str]:
         """Headers of every object write, exactly as the registry's S3 driver sends them."""

@@ -192,11 +192,13 @@ class WriteSession:
         await self._take_base()
         return self._buf if self._upload_id is None else None
 
-    def retarget(self, key: str) -> bool:
-        """Commit to `key` instead (rename of a file still being written); False once too late."""
+    def retarget(self, key: str, unchanged_etag: str = "") -> bool:
+        """Commit to `key` instead (rename of a file still being written); False once too late.
+        `unchanged_etag`: the ETag this mount last stored under `key` (see __init__)."""
         if self._upload_id is not None:
             return False
         self.key = key
+        self._unchanged_etag = unchanged_etag
         return True
 
     async def commit(self, keep_open: bool = False) -> Committed:

@@ -31,6 +31,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("AWS_PROFILE", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_log_files() -> Iterator[None]:
+    """Background mounts of tests (no log_file, no /dev/log) log to default files named after
+    their temporary mount points (log.default_log_file): removed when the session ends."""
+    yield
+    for path in Path("/var/log/s3fs-registry").glob("tmp-*.log"):
+        path.unlink(missing_ok=True)
+
+
 def _servers(config: pytest.Config) -> list[str]:
     return [s for s in str(config.getoption("--s3")).split(",") if s]
 

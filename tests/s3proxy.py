@@ -56,6 +56,12 @@ Fault kinds (see :meth:`S3Proxy.add_fault`):
     answered and before relaying), then forward normally, or with ``drop=True`` reset the
     client connection instead.
 
+``S3Proxy(..., md5_only=True)`` behaves as a store that knows only ``Content-MD5`` (older
+MinIO, appliances): PutObject, UploadPart and DeleteObjects without it get 400
+InvalidRequest, and any request with ``x-amz-checksum-*`` or ``x-amz-sdk-checksum-algorithm``
+gets 400 InvalidArgument, without reaching the upstream.  Every record keeps the request's
+headers (:meth:`RequestRecord.header`).
+
 Injected error answers are sent with ``Connection: keep-alive`` when the request body was
 read, and with ``Connection: close`` (and a lingering close) when the client was still
 holding its body back for ``100 Continue``.
@@ -108,6 +114,19 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "quota": (403, "Forbidden", "QuotaExceeded", "Quota exceeded."),
     "bad_gateway": (502, "Bad Gateway", "BadGateway", "s3proxy could not reach the upstream."),
     "bad_request": (400, "Bad Request", "BadRequest", "s3proxy could not parse the request."),
+    # md5_only stores (S3Proxy(md5_only=True)): what AWS answers a DeleteObjects without MD5
+    "md5_required": (
+        400,
+        "Bad Request",
+        "InvalidRequest",
+        "Missing required header for this request: Content-MD5.",
+    ),
+    "checksum_refused": (
+        400,
+        "Bad Request",
+        "InvalidArgument",
+        "x-amz-checksum-* and x-amz-sdk-checksum-algorithm headers are not supported.",
+    ),
 }
 
 _BUF = 256 * 1024  # largest piece of body held in memory at once
@@ -145,6 +164,12 @@ class RequestRecord:
     connection: int = 0  # sequence number of the client connection it arrived on
     started: float = 0.0  # time.time() when the request head was read
     done: bool = False  # False while the exchange is in flight
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # as received
+
+    def header(self, name: str) -> str | None:
+        """The request header `name` (case-insensitive), or None."""
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
 
     # Records are listed as soon as the request head is read, and counters are updated
     # before the bytes are sent, so whatever a client has seen is already accounted for
@@ -538,7 +563,12 @@ class _Connection:
             target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
         path, _, query = target.partition("?")
         rec = RequestRecord(
-            method=method, path=path, query=query, connection=self.number, started=time.time()
+            method=method,
+            path=path,
+            query=query,
+            connection=self.number,
+            started=time.time(),
+            headers=head.headers,
         )
         self.proxy._record(rec)
         try:
@@ -564,6 +594,10 @@ class _Connection:
         client_keep = _keep_alive(version, head)
         rule = proxy._pick_fault(method, rec.path, rec.query)
         kind = rule.kind if rule is not None else None
+        refusal = _md5_only_refusal(method, rec.query, head) if proxy.md5_only else None
+        if refusal is not None:
+            rule = FaultRule("internal")  # answered before the upstream, like a fault
+            kind = refusal
         rec.fault = kind
 
         self._sleep(proxy.delay)  # the request's trip to the "region"
@@ -772,6 +806,21 @@ class _Connection:
         self.client.sendall(data)
 
 
+def _md5_only_refusal(method: str, query: str, head: _Head) -> str | None:
+    """What a store that knows only Content-MD5 says to this request, or None if it takes
+    it: PutObject, UploadPart and DeleteObjects need Content-MD5, and flexible checksum
+    headers are refused everywhere."""
+    if any(k.lower().startswith("x-amz-checksum-") for k, _ in head.headers) or head.get(
+        "x-amz-sdk-checksum-algorithm"
+    ):
+        return "checksum_refused"
+    writes = method == "PUT" and head.get("x-amz-copy-source") is None
+    deletes = method == "POST" and "delete" in (part.split("=")[0] for part in query.split("&"))
+    if (writes or deletes) and head.get("content-md5") is None:
+        return "md5_required"
+    return None
+
+
 def _status(head: _Head) -> int:
     parts = head.start.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
@@ -800,6 +849,7 @@ class S3Proxy:
         port: int = 0,
         host: str = "127.0.0.1",
         seed: int = 0,
+        md5_only: bool = False,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -810,6 +860,8 @@ class S3Proxy:
         self.host = host
         self.port = port
         self.seed = seed
+        #: behave as a store that knows only Content-MD5 (older MinIO, appliances)
+        self.md5_only = md5_only
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._rules: list[FaultRule] = []

@@ -17,10 +17,16 @@ from typing import Any
 import pytest
 import yaml
 
+from s3fs_registry import log as daemon_log
 from tests.conftest import MountFactory
-from tests.mounts import REPO, S3Server, free_port, s3_config
+from tests.mounts import REPO, Mount, S3Server, free_port, s3_config, wait_until
 
 SECRET = "sekrit-value-never-logged-0123456789"
+# unit settings that give a service a mount namespace of its own (tried: systemd 252)
+MOUNT_NAMESPACE_SETTINGS = """ProtectSystem ProtectHome PrivateTmp ReadWritePaths ReadOnlyPaths
+    InaccessiblePaths BindPaths TemporaryFileSystem PrivateDevices PrivateIPC PrivateMounts
+    ProtectProc ProcSubset ProtectKernelTunables ProtectKernelModules ProtectKernelLogs
+    ProtectControlGroups"""
 
 
 def run(
@@ -118,6 +124,30 @@ def test_unreachable_endpoint(moto: S3Server, tmp_path: Path) -> None:
     assert not os.path.ismount(mnt)
 
 
+def test_missing_mount_point_and_dead_mount_are_told_apart(moto: S3Server, tmp_path: Path) -> None:
+    """A directory that does not exist, a file, and a FUSE mount whose daemon was killed
+    (kill -9: "Transport endpoint is not connected") each get their own line and exit 7."""
+    config = write_config(tmp_path / "c.yml", s3_config(moto, moto.new_bucket()))
+    missing = tmp_path / "missing"
+    result = run("mount", "--config", str(config), str(missing))
+    assert result.returncode == 7 and "does not exist" in one_line(result)
+    (tmp_path / "file").write_text("")
+    result = run("mount", "--config", str(config), str(tmp_path / "file"))
+    assert result.returncode == 7 and "is not a directory" in one_line(result)
+    dead = Mount(tmp_path / "dead", moto, moto.new_bucket()).start()
+    assert dead.proc is not None
+    dead.proc.kill()
+    dead.proc.wait()
+    try:
+        result = run("mount", "--config", str(config), str(dead.path))
+        line = one_line(result)
+        assert result.returncode == 7 and "dead FUSE mount" in line, line
+        assert f"fusermount3 -u {dead.path}" in line
+    finally:
+        subprocess.run(["fusermount3", "-u", str(dead.path)], check=True)
+        dead.proc = None
+
+
 def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) -> None:
     bucket = moto.new_bucket()
     mnt = tmp_path / "mnt"
@@ -141,6 +171,31 @@ def test_background_mount_returns_once_usable(moto: S3Server, tmp_path: Path) ->
     while "unmounted" not in (tmp_path / "daemon.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "unmounted" in (tmp_path / "daemon.log").read_text()
+
+
+def test_background_without_log_file_or_syslog_loses_no_line(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    """No mount.log_file and no /dev/log (a container): the warning about a misspelt
+    storage.s3 key reaches the operator from `mount` itself, and the daemon logs to the
+    default file it names, from the warning to the clean unmount."""
+    assert not os.path.exists("/dev/log"), "this test needs a machine without syslog"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    block = {**s3_config(moto, moto.new_bucket()), "chunkSize": 5 * 1024 * 1024}
+    config = write_config(tmp_path / "c.yml", block)
+    result = run("mount", "--config", str(config), str(mnt))
+    assert result.returncode == 0, result.stderr
+    log_file = Path(daemon_log.default_log_file(str(mnt)))
+    try:
+        warning = "chunkSize: parameter names are lower-case"
+        assert f"warning: {config}: storage.s3.{warning}" in result.stderr, result.stderr
+        assert str(log_file) in result.stderr
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert wait_until(lambda: "unmounted" in log_file.read_text(), 20)
+        assert warning in log_file.read_text() and "mounted" in log_file.read_text()
+    finally:
+        log_file.unlink(missing_ok=True)
 
 
 def test_environment_overrides_the_file(moto: S3Server, mount_factory: MountFactory) -> None:
@@ -249,6 +304,42 @@ def test_check_and_mount_with_refused_permissions(rgw: S3Server, tmp_path: Path)
     assert result.returncode in (4, 6)
 
 
+def test_mount_stops_on_a_missing_permission_unless_the_probe_is_off(
+    rgw: S3Server, tmp_path: Path
+) -> None:
+    """`check` exits 6 for this user; so does `mount`, naming the refused actions, and
+    nothing is mounted; with REGISTRY_MOUNT_CHECK_PERMISSIONS=false it mounts."""
+    bucket = rgw.new_bucket()
+    access, secret = _restricted_user(
+        rgw, bucket, ["ListBucket", "GetBucketLocation", "PutObject", "GetObject"]
+    )
+    config = write_config(
+        tmp_path / "c.yml", s3_config(rgw, bucket, accesskey=access, secretkey=secret)
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for foreground in ([], ["--foreground"]):
+        result = run("mount", *foreground, "--config", str(config), str(mnt))
+        assert result.returncode == 6, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        for action in ("s3:ListBucketMultipartUploads", "s3:DeleteObject"):
+            assert action in line, line
+        assert "check_permissions" in line and not os.path.ismount(mnt)
+    result = run(
+        "mount",
+        "--config",
+        str(config),
+        str(mnt),
+        env={"REGISTRY_MOUNT_CHECK_PERMISSIONS": "false"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(mnt)
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    # what the probes could not remove without DeleteObject and AbortMultipartUpload
+    leftovers = rgw.keys(bucket) + [u["Key"] for u in rgw.uploads(bucket)]
+    assert all("/s3fs-registry-check-" in key for key in leftovers), leftovers
+
+
 def test_wrong_credentials(rgw: S3Server, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -309,3 +400,63 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     dropin = (REPO / "systemd/docker-registry.service.d/s3fs-registry.conf").read_text()
     assert "After=s3fs-registry.service" in dropin and "Requires=s3fs-registry.service" in dropin
     assert "Type=notify" in unit and "Restart=on-failure" in unit and "TimeoutStopSec=" in unit
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0].isalpha()
+    )
+    assert "http" not in settings["Documentation"]  # only what exists on the machine
+    assert settings["CapabilityBoundingSet"] == "CAP_SYS_ADMIN"
+    assert settings["DeviceAllow"] == "/dev/fuse rw" and settings["NoNewPrivileges"] == "yes"
+    # each of these gives the service a mount namespace: the mount would be seen by no one
+    private = set(MOUNT_NAMESPACE_SETTINGS.split())
+    assert not private & settings.keys()
+
+
+def test_mount_t_fuse_and_umount(moto: S3Server, tmp_path: Path) -> None:
+    """`mount -t fuse.s3fs-registry CONFIG DIR -o ...` as fstab and .mount units run it, and
+    `umount`. mount(8) clears PATH, so mount.fuse3 finds `s3fs-registry` on the shell's
+    default path: a private mount namespace puts this checkout's there (/usr/local/sbin)."""
+    bucket = moto.new_bucket()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "daemon.log"
+    config = write_config(tmp_path / "c.yml", s3_config(moto, bucket), mount={"log_file": str(log)})
+    bindir = tmp_path / "sbin"
+    bindir.mkdir()
+    (bindir / "s3fs-registry").write_text(
+        f'#!/bin/sh\ncd {REPO} && exec {sys.executable} -m s3fs_registry "$@"\n'
+    )
+    (bindir / "s3fs-registry").chmod(0o755)
+    options = (
+        "allow_other,uid=4321,gid=4322,metadata_ttl=0s,nosuid,nodev,noexec,"  # settings, flags
+        "_netdev,nofail,x-systemd.requires=x.service"  # mount(8)'s and systemd's: ignored
+    )
+    script = f"""
+        set -e
+        mount --bind {bindir} /usr/local/sbin
+        if mount -t fuse.s3fs-registry {config} {mnt} -o bogus 2>&1; then exit 99; fi
+        mount -t fuse.s3fs-registry {config} {mnt} -o {options}
+        trap 'umount -l {mnt} 2>/dev/null || true' EXIT
+        findmnt -n -o FSTYPE,OPTIONS {mnt}
+        stat -c 'owner %u:%g' {mnt}
+        printf via-mount > {mnt}/f
+        umount {mnt}
+    """
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "mount option 'bogus' is not known" in lines[0]
+    fstype, flags = lines[1].split()
+    assert fstype == "fuse.s3fs-registry"
+    assert {"nosuid", "nodev", "noexec", "allow_other"} <= set(flags.split(","))
+    assert lines[2] == "owner 4321:4322"
+    assert moto.get(bucket, "reg/f") == b"via-mount"
+    deadline = time.monotonic() + 20
+    while "cleanly" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"unmounted {mnt} cleanly" in log.read_text()

@@ -101,7 +101,7 @@ def test_mount_defaults() -> None:
     assert (got.memory_budget, got.max_connections, got.read_ahead) == (512 * MiB, 32, 64 * MiB)
     assert (got.small_file_size, got.spool_dir, got.spool_limit) == (MiB, "", GiB)
     assert (got.uid, got.gid, got.file_mode, got.dir_mode) == (-1, -1, 0o644, 0o755)
-    assert (got.allow_other, got.log_level, got.log_file) == (False, "info", "")
+    assert (got.allow_other, got.log_level, got.log_file) == (None, "info", "")
     assert (got.janitor, got.janitor_age, got.janitor_interval) == (True, 604800.0, 3600.0)
     assert (got.retry_attempts, got.retry_time) == (5, 60.0)
     assert (got.connect_timeout, got.read_timeout) == (10.0, 60.0)
@@ -228,6 +228,10 @@ BOOL_LABELS = {
     "skipverify": "skipVerify",
     "v4auth": "v4auth",
     "forcepathstyle": "forcepathstyle",
+    # registry v3's (v3.1's getParameterAsBool names the lower-case key)
+    "usedualstack": "usedualstack",
+    "accelerate": "accelerate",
+    "usefipsendpoint": "usefipsendpoint",
 }
 
 
@@ -488,22 +492,90 @@ def test_secret_from_environment_is_verbatim() -> None:
 # unknown keys, aliases, document shape
 
 
-@pytest.mark.parametrize("key", ["sessiontoken", "credentialsconfigpath"])
-def test_not_registry_parameters_warn(key: str) -> None:
-    got = parse(s3_doc(**{key: "x"}))
+def test_session_token_is_not_a_parameter_and_points_to_the_credential_chain() -> None:
+    got = parse(s3_doc(sessiontoken=SECRET))
     assert got.warnings == (
-        f"{SRC}: storage.s3.{key}: not a parameter of the registry's S3 driver "
-        f"(use {'AWS_SESSION_TOKEN' if key == 'sessiontoken' else 'AWS_SHARED_CREDENTIALS_FILE'})"
-        "; ignored",
+        f"{SRC}: storage.s3.sessiontoken: not a parameter of the registry's S3 driver (v3 has "
+        "the field but never reads it): session credentials come from the default AWS "
+        "credential chain (AWS_SESSION_TOKEN, a profile, an instance or task role); ignored",
     )
 
 
+def test_credentialsconfigpath_is_not_a_parameter() -> None:
+    assert parse(s3_doc(credentialsconfigpath="x")).warnings == (
+        f"{SRC}: storage.s3.credentialsconfigpath: not a parameter of the registry's S3 driver "
+        "(use AWS_SHARED_CREDENTIALS_FILE); ignored",
+    )
+
+
+def test_redirectendpoint_is_ignored_with_a_warning() -> None:
+    (warning,) = parse(s3_doc(redirectendpoint="https://cdn.example")).warnings
+    assert warning.startswith(f"{SRC}: storage.s3.redirectendpoint: a registry v3 parameter")
+
+
+def test_v3_endpoint_parameters_default_off() -> None:
+    got = s3()
+    assert (got.usedualstack, got.accelerate, got.usefipsendpoint, got.loglevel) == (
+        False, False, False, "off"
+    )  # fmt: skip
+    got = parse(s3_doc(accelerate=True, usedualstack="true"))
+    assert (got.s3.accelerate, got.s3.usedualstack, got.warnings) == (True, True, ())
+    assert parse(s3_doc(usefipsendpoint="1")).s3.usefipsendpoint is True
+
+
 @pytest.mark.parametrize(
-    "key", ["accelerate", "usedualstack", "usefipsendpoint", "loglevel", "redirectendpoint"]
-)
-def test_v3_only_parameters_warn(key: str) -> None:
-    (warning,) = parse(s3_doc(**{key: "x"})).warnings
-    assert warning.startswith(f"{SRC}: storage.s3.{key}: a registry v3 parameter")
+    ("value", "level"),
+    [("off", "off"), ("debug", "debug"), ("DebugWithSigning", "debugwithsigning"),
+     ("debugwithhttpbody", "debugwithhttpbody"),
+     ("debugwithrequestretries", "debugwithrequestretries"),
+     ("debugwithrequesterrors", "debugwithrequesterrors"),
+     ("debugwitheventstreambody", "debugwitheventstreambody"), (False, "off"), (None, "off")],
+)  # fmt: skip
+def test_loglevel_values(value: object, level: str) -> None:
+    got = parse(s3_doc(loglevel=value))
+    assert got.s3.loglevel == level
+    assert got.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["verbose", "", True, 3, ["debug"]])
+def test_loglevel_unknown_or_not_a_string_is_off_with_a_warning(value: object) -> None:
+    got = parse(s3_doc(loglevel=value))
+    assert got.s3.loglevel == "off"
+    (warning,) = got.warnings
+    assert warning.startswith(f"{SRC}: storage.s3.loglevel: ")
+    assert warning.endswith("the registry treats it as off, and so does this daemon")
+
+
+def test_loglevel_from_the_environment() -> None:
+    assert parse(s3_doc(), {"REGISTRY_STORAGE_S3_LOGLEVEL": "off"}).s3.loglevel == "off"
+    assert parse(s3_doc(), {"REGISTRY_STORAGE_S3_LOGLEVEL": "Debug"}).s3.loglevel == "debug"
+
+
+def test_accelerate_refused_where_no_request_could_use_it() -> None:
+    assert error(s3_doc(accelerate=True, regionendpoint="http://minio:9000")) == (
+        f"{SRC}: storage.s3.accelerate: a custom endpoint cannot be combined with S3 "
+        "Accelerate (regionendpoint is set); remove accelerate or regionendpoint"
+    )
+    assert "S3 Accelerate cannot be used with FIPS endpoints" in error(
+        s3_doc(accelerate=True, usefipsendpoint=True)
+    )
+    assert "bucket name my.bucket is not compatible with S3 Accelerate" in error(
+        {"storage": {"s3": {"bucket": "my.bucket", "region": "us-east-1", "accelerate": True}}}
+    )
+
+
+def test_endpoint_options_without_effect_warn() -> None:
+    got = parse(s3_doc(accelerate=True, forcepathstyle=True))
+    assert got.warnings == (
+        f"{SRC}: storage.s3.forcepathstyle: S3 Accelerate needs virtual-hosted addressing; "
+        "forcepathstyle is ignored, as in the registry",
+    )
+    endpoint = {"regionendpoint": "http://minio:9000"}
+    got = parse(s3_doc(usedualstack=True, usefipsendpoint=True, **endpoint))
+    assert [w.split(": ")[1] for w in got.warnings] == [
+        "storage.s3.usedualstack", "storage.s3.usefipsendpoint"
+    ]  # fmt: skip
+    assert all("no effect with regionendpoint http://minio:9000" in w for w in got.warnings)
 
 
 def test_unknown_and_miscased_keys_warn() -> None:
@@ -727,8 +799,7 @@ def test_memory_budget_versus_chunksize() -> None:
 
 @pytest.mark.parametrize(
     ("name", "low", "high"),
-    [("max_connections", 1, 1024), ("retry_attempts", 1, 100), ("uid", -1, 2**32 - 2),
-     ("gid", -1, 2**32 - 2)],
+    [("max_connections", 1, 1024), ("retry_attempts", 1, 100)],
 )  # fmt: skip
 def test_mount_int_ranges(name: str, low: int, high: int) -> None:
     assert getattr(mount(**{name: low}), name) == low
@@ -796,6 +867,35 @@ def test_log_level() -> None:
     assert "log_level must be one of debug, info, warning, error" in error(
         with_mount(log_level="verbose")
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "known"), [("uid", "user", "root"), ("gid", "group", "root")]
+)
+def test_mount_owner_is_a_number_or_a_name(name: str, kind: str, known: str) -> None:
+    """uid/gid: -1 .. 2^32-2, or a user (group) name of this host, resolved at start."""
+    high = 2**32 - 2
+    for value, want in ((-1, -1), (high, high), (str(high), high), (known, 0)):
+        assert getattr(mount(**{name: value}), name) == want
+    for bad in (-2, high + 1, 2.0, True):
+        message = error(with_mount(**{name: bad}))
+        assert message.startswith(f"{SRC}: mount.{name}: must be an integer between -1 and")
+    message = error(with_mount(**{name: "no-such-name-here"}))
+    assert message.startswith(f'{SRC}: mount.{name}: no {kind} named "no-such-name-here"')
+    environ = {f"REGISTRY_MOUNT_{name.upper()}": known}
+    assert getattr(parse(s3_doc(), environ).mount, name) == 0
+    environ = {f"REGISTRY_MOUNT_{name.upper()}": "102"}
+    assert getattr(parse(s3_doc(), environ).mount, name) == 102
+
+
+def test_mount_allow_other_is_a_boolean_or_auto() -> None:
+    assert mount().allow_other is None
+    assert mount(allow_other="auto").allow_other is None
+    assert mount(allow_other="AUTO").allow_other is None
+    assert mount(allow_other="false").allow_other is False
+    assert parse(s3_doc(), {"REGISTRY_MOUNT_ALLOW_OTHER": "true"}).mount.allow_other is True
+    assert "should be a boolean" in error(with_mount(allow_other="sometimes"))
+    assert ", or auto" in error(with_mount(allow_other="sometimes"))
 
 
 def test_mount_bools() -> None:

@@ -10,8 +10,14 @@ import os
 import shutil
 from typing import Any
 
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.config import Config as BotoConfig
+
 from tests.conftest import MountFactory
 from tests.mounts import Mount, S3Server, object_grants
+from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
 
@@ -118,3 +124,41 @@ def test_sigv2_mount(s3: S3Server, mount_factory: MountFactory) -> None:
     assert (mount.path / "d" / "e" / "f").read_bytes() == data
     shutil.rmtree(mount.path / "d")
     assert mount.object_keys() == []
+
+
+@pytest.mark.parametrize("v4auth", [True, False], ids=["sigv4", "sigv2"])
+def test_checksum_headers_are_the_native_drivers(
+    s3: S3Server, mount_factory: MountFactory, v4auth: bool
+) -> None:
+    """Content-MD5 on every PutObject, UploadPart and DeleteObjects and no x-amz-checksum-*
+    header anywhere, as the registry's driver (aws-sdk-go v1) sends them, seen on the wire
+    through a proxy that refuses anything else, as stores that know only Content-MD5 do."""
+    with S3Proxy(s3.endpoint, md5_only=True) as proxy:
+        plain = boto3.client(
+            "s3",
+            endpoint_url=proxy.url,
+            region_name=s3.region,
+            aws_access_key_id=s3.access_key,
+            aws_secret_access_key=s3.secret_key,
+            config=BotoConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+        )
+        with pytest.raises(botocore.exceptions.ClientError, match="not supported"):
+            plain.delete_objects(Bucket="b", Delete={"Objects": [{"Key": "k"}]})  # CRC32
+        proxy.reset_counts()
+        mount = mount_factory(s3, s3={"chunksize": 5 * MiB, "v4auth": v4auth}, endpoint=proxy.url)
+        big = os.urandom(11 * MiB)  # three parts
+        (mount.path / "d").mkdir()
+        (mount.path / "d" / "small").write_bytes(b"small")
+        (mount.path / "d" / "big").write_bytes(big)
+        os.rename(mount.path / "d", mount.path / "e")  # CopyObject x2, then DeleteObjects
+        assert (mount.path / "e" / "big").read_bytes() == big
+        assert mount.object_keys() == ["e/big", "e/small"]
+        records = proxy.requests
+    writes = [r for r in records if r.method == "PUT" and not r.header("x-amz-copy-source")]
+    parts = [r for r in writes if "partNumber=" in r.query]
+    deletes = [r for r in records if r.method == "POST" and r.query.startswith("delete")]
+    assert len(writes) == 4 and len(parts) == 3 and len(deletes) == 1, records
+    assert all(r.header("content-md5") for r in writes + deletes)
+    assert [r for r in records if r.fault is not None] == []
+    flexible = [k for r in records for k, _ in r.headers if "checksum" in k.lower()]
+    assert flexible == []

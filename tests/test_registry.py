@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,6 +169,43 @@ def test_new_repository_keeps_its_directories_when_its_only_upload_goes(stack: S
     assert not [k for k in stack.mount.object_keys() if "fresh/repo" in k]
 
 
+def test_debian_registry_as_its_own_user_on_a_mount_point_it_owns(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    """Debian's unit runs the registry as `docker-registry`, who owns /var/lib/docker-registry.
+    With no ownership setting at all, the mount takes the mount point's owner and turns
+    allow_other on: the registry, run as that user (setpriv), takes a skopeo push."""
+    user = pwd.getpwnam("docker-registry")
+    base = Path(tempfile.mkdtemp(prefix="s3fs-registry-deb-"))
+    try:
+        base.chmod(0o755)  # the registry's user must reach its config and the mount point
+        mount = Mount(base / "mount", moto, moto.new_bucket())
+        os.chown(mount.path, user.pw_uid, user.pw_gid)
+        mount.start()
+        wrapper = base / "registry-as-docker-registry"
+        wrapper.write_text(
+            "#!/bin/sh\nexec setpriv --reuid=docker-registry --regid=docker-registry "
+            '--init-groups docker-registry "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        try:
+            with Registry(mount.path, workdir=base / "registry", binary=str(wrapper)) as reg:
+                assert reg.proc is not None
+                status = Path(f"/proc/{reg.proc.pid}/status").read_text()
+                assert f"Uid:\t{user.pw_uid}\t" in status, status
+                info = image(tmp_path, "deb", 12, (CHUNK + 5, 3000))
+                push(tmp_path / "deb", reg.url, "debian/app:1")
+                check_pull(Stack(mount, reg, tmp_path), "debian/app:1", info, tmp_path / "p")
+            layer = mount.path / blob_key(info.layer_digests[0])
+            owner = os.stat(layer)
+            assert (owner.st_uid, owner.st_gid) == (user.pw_uid, user.pw_gid)
+            assert mount.object(blob_key(info.layer_digests[0])) == random_layer(CHUNK + 5, 1200)
+        finally:
+            assert mount.stop() == 0, mount.log()[-3000:]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_delete_and_garbage_collect(
     s3: S3Server, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
@@ -230,3 +270,22 @@ def test_two_mounts_two_registries(
             location.replace(second.netloc, stack.registry.netloc), digest, data[2 * MiB :]
         )
         assert two.get_blob("replicas/chunked", digest) == data
+
+
+def test_dropped_upload_of_a_blob_that_exists_leaves_no_multipart_upload(stack: Stack) -> None:
+    """A monolithic POST + PUT of a blob another repository holds (podman pushing a known
+    layer to a new repository): the registry finds the blob, drops its upload, and the
+    upload's data, a multipart upload kept open, is aborted with it."""
+    client = stack.registry.client
+    data = random_layer(20 * MiB, 4242)
+    digest = client.upload_blob("known/one", data)
+    location = client.start_upload("known/two")
+    uuid = location.split("/uploads/")[1].split("?")[0]
+    assert client.complete_upload(location, digest, data) == digest
+    assert client.get_blob("known/two", digest) == data
+    mount = stack.mount
+    pending = [
+        u["Key"] for u in mount.server.uploads(mount.bucket, mount.prefix) if uuid in u["Key"]
+    ]
+    assert pending == [], pending
+    assert not [k for k in mount.object_keys() if uuid in k]

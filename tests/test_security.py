@@ -141,7 +141,12 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
                 tmp_path / "m",
                 s3,
                 bucket,
-                s3={"accesskey": access, "secretkey": secret, "chunksize": CHUNK},
+                s3={
+                    "accesskey": access,
+                    "secretkey": secret,
+                    "chunksize": CHUNK,
+                    "loglevel": "debugwithsigning",
+                },
                 mount={
                     "log_level": "debug",
                     "retry_attempts": 2,
@@ -207,6 +212,9 @@ def test_secrets_never_reach_logs_check_output_or_error_messages(
         assert any("status=500" in line and "attempt=1" in line for line in requests)
         assert any("size=" in line and "latency=" in line for line in requests)
         assert any(" INFO " in line and "/denied" in line for line in requests), requests
+        signed = [line for line in log.splitlines() if ": S3 signed PUT " in line]
+        assert signed and all("Signature=REDACTED" in line for line in signed), signed[:3]
+        assert all("x-amz-content-sha256: " in line.lower() for line in signed), signed[:3]
         # the blob was read through CloudFront with signed URLs, so there were signatures
         # to leak
         assert any(200 <= status < 300 for _, _, status in standin.requests), standin.requests
@@ -244,8 +252,10 @@ def test_session_token_from_the_environment_never_logged(
     """Empty accesskey/secretkey: the default credential chain takes AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN from the environment. The token is sent
     (x-amz-security-token on every request, seen in flight) and appears in no log line and
-    no `check` output. Neither server validates it (moto accepts anything; RGW without STS
-    ignores the header), so the mount works on both."""
+    no `check` output, although registry v3's `loglevel: debugwithhttpbody` logs every
+    request's and response's headers (at mount log level info). Neither server validates
+    the token (moto accepts anything; RGW without STS ignores the header), so the mount
+    works on both."""
     access, secret, bucket = own_credentials(s3)
     token = "FQoGZXIvYXdzE" + uuid.uuid4().hex * 3 + "SessionTokenNeverLogged"
     env = {
@@ -257,8 +267,13 @@ def test_session_token_from_the_environment_never_logged(
         m = mount_factory(
             s3,
             bucket,
-            s3={"accesskey": "", "secretkey": "", "chunksize": CHUNK},
-            mount={"log_level": "debug"},
+            s3={
+                "accesskey": "",
+                "secretkey": "",
+                "chunksize": CHUNK,
+                "loglevel": "DebugWithHTTPBody",
+            },
+            mount={"log_level": "info"},
             endpoint=recorder.url,
             env=env,
         )
@@ -274,7 +289,11 @@ def test_session_token_from_the_environment_never_logged(
     got = s3.client(access, secret).get_object(Bucket=bucket, Key="reg/f")["Body"].read()
     assert got == b"with a session token"
     log = m.log()
-    assert "DEBUG" in log
+    sent_lines = [line for line in log.splitlines() if ": S3 request PUT " in line]
+    assert sent_lines and all("x-amz-security-token: redacted" in x.lower() for x in sent_lines)
+    assert any("; body: 20 bytes" in line for line in sent_lines), sent_lines  # data: a count
+    assert "<ListBucketResult" in log  # XML bodies of responses
+    assert "s3fs_registry.store: S3 PutObject reg/f size=20 status=200" in log
     assert not leaks(log, [secret, token]), leaks(log, [secret, token])
     assert check.returncode == 0, check.stdout + check.stderr
     assert not leaks(check.stdout + check.stderr, [secret, token])
@@ -493,8 +512,9 @@ def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_allow_other_is_off_by_default_and_default_permissions_stays_on(
     s3: S3Server, public_dir: Path
 ) -> None:
-    """By default only the mounting user gets in: /proc/mounts shows default_permissions
-    and not allow_other, and user nobody is refused even a listing. With
+    """By default (`allow_other: auto`, on a mount point the daemon's user owns) only the
+    mounting user gets in: /proc/mounts shows default_permissions and not allow_other, and
+    user nobody is refused even a listing. With
     mount.allow_other: true, /proc/mounts shows allow_other and still default_permissions,
     so the kernel checks the configured modes: nobody can list (dir_mode 0755) but can
     neither read a file (file_mode 0640, owner root) nor create one."""

@@ -252,6 +252,38 @@ def test_truncate_to_other_sizes(shared: Mount, d: Path) -> None:
     assert shared.object(rel(shared, d / "f")) == b""
 
 
+def test_directory_times_stay_the_mount_start(shared: Mount, d: Path) -> None:
+    """SEMANTICS "Not supported": a directory has no object, so its times never change."""
+    (d / "sub").mkdir()
+    before = os.stat(d / "sub")
+    (d / "sub" / "f").write_bytes(b"x")
+    os.rename(d / "sub" / "f", d / "sub" / "g")
+    (d / "sub" / "g").unlink()
+    after = os.stat(d / "sub")
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+    assert after.st_mtime_ns == os.stat(shared.path).st_mtime_ns
+
+
+def test_sizes_beyond_what_s3_can_hold_are_efbig(shared: Mount, d: Path) -> None:
+    """An S3 object holds at most 5 TiB: truncate or write past that is EFBIG at once (not
+    ENOSPC from the spool, nor terabytes of zeros uploaded), and the file is unchanged."""
+    (d / "f").write_bytes(b"abc")
+    expect_errno(errno.EFBIG, os.truncate, d / "f", 999_999_999_999_999)
+    done = subprocess.run(
+        ["truncate", "-s", "999999999999999", str(d / "g")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0 and "File too large" in done.stderr, done
+    fd = os.open(d / "f", os.O_WRONLY)
+    try:
+        expect_errno(errno.EFBIG, os.pwrite, fd, b"x", 6 * 1024**4)
+    finally:
+        os.close(fd)
+    assert (d / "f").read_bytes() == b"abc" and shared.object(rel(shared, d / "f")) == b"abc"
+
+
 def test_rename_replaces_target_and_removes_source(shared: Mount, d: Path) -> None:
     (d / "src").write_bytes(b"new")
     (d / "dst").write_bytes(b"old contents")

@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from s3fs_registry import errors, metrics, status
+from s3fs_registry import errors, metrics, mounthelper, status
 from s3fs_registry.budget import MemoryBudget, Pool, SpoolBudget
+from s3fs_registry.config import MountConfig, S3Config
 from s3fs_registry.fs import fuse_errors
 from s3fs_registry.log import RedactingFilter
 from s3fs_registry.namespace import Entry, Namespace
@@ -23,6 +24,7 @@ from s3fs_registry.store import (
     MAX_PARTS,
     _checked_get,
     check_key,
+    make_client,
     multipart_etag,
     translate_client_error,
     translate_error,
@@ -210,7 +212,8 @@ def test_namespace_ttls_and_negative_cache() -> None:
     blob = ns.attach(v2, "x", Entry(False, 3, 1.0, '"e"'))
     assert ns.key(blob) == "pre/docker/x"
     assert ns.ttl("docker/registry/v2/blobs/sha256/ab/abc/data") == 300.0
-    assert ns.ttl("docker/registry/v2/repositories/r/_manifests/revisions/sha256/a/link") == 300.0
+    # a manifest DELETE on another replica removes its revision link: not trusted long
+    assert ns.ttl("docker/registry/v2/repositories/r/_manifests/revisions/sha256/a/link") == 1.0
     assert ns.ttl("docker/registry/v2/repositories/r/_manifests/tags/t/current/link") == 1.0
     assert ns.fresh(blob)
     now[0] = 1.5
@@ -429,3 +432,64 @@ def test_status_report_is_summarised() -> None:
     assert "  x/data: 12.0 MiB written, 10.0 MiB in S3 (2 parts, 1 uploading), for 25s" in text
     assert "memory: 16.0 MiB of 300.0 MiB in use (part 16.0 MiB/300.0 MiB); 2 writer(s)" in text
     assert "last S3 error 2m05s ago (attempt 1, retried): PutObject reg/f: SlowDown" in text
+
+
+class _Stop(Exception):
+    pass
+
+
+def _first_url(s3: S3Config) -> str:
+    """The URL the daemon's client would send a PutObject to; the request is stopped before
+    anything is sent (the endpoints are AWS's, which tests must not reach)."""
+    client = make_client(s3, MountConfig())
+    seen: list[str] = []
+
+    def stop(request: Any, **_: Any) -> None:
+        seen.append(request.url)
+        raise _Stop
+
+    client.meta.events.register_first("before-send.s3", stop)
+    with pytest.raises(_Stop):
+        client.put_object(Bucket=s3.bucket, Key="k", Body=b"x")
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "url"),
+    [
+        ({}, "https://reg-bucket.s3.eu-west-1.amazonaws.com/k"),
+        ({"usedualstack": True}, "https://reg-bucket.s3.dualstack.eu-west-1.amazonaws.com/k"),
+        ({"accelerate": True}, "https://reg-bucket.s3-accelerate.amazonaws.com/k"),
+        (
+            {"accelerate": True, "usedualstack": True, "forcepathstyle": True},
+            "https://reg-bucket.s3-accelerate.dualstack.amazonaws.com/k",
+        ),
+        ({"usefipsendpoint": True}, "https://reg-bucket.s3-fips.eu-west-1.amazonaws.com/k"),
+        (
+            {"usedualstack": True, "regionendpoint": "http://127.0.0.1:9"},
+            "http://127.0.0.1:9/reg-bucket/k",
+        ),
+    ],
+)
+def test_v3_endpoint_parameters_select_the_endpoint(
+    options: dict[str, Any], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_USE_DUALSTACK_ENDPOINT", "AWS_USE_FIPS_ENDPOINT", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    s3 = S3Config(bucket="reg-bucket", region="eu-west-1", accesskey="a", secretkey="b", **options)
+    assert _first_url(s3) == url
+
+
+def test_mount_options_are_sorted_by_who_takes_them() -> None:
+    """-o of mount(8): its own and systemd's ignored, kernel flags to FUSE, settings to env."""
+    opts = mounthelper.parse_options(
+        ["rw,nosuid,nodev,_netdev,nofail,noauto,x-systemd.automount", "allow_other,uid=102"]
+    )
+    assert opts.fuse == ["rw", "nosuid", "nodev"]
+    assert opts.ignored == ["_netdev", "nofail", "noauto", "x-systemd.automount"]
+    assert opts.environment() == {
+        "REGISTRY_MOUNT_ALLOW_OTHER": "true",
+        "REGISTRY_MOUNT_UID": "102",
+    }
+    with pytest.raises(errors.ConfigError, match="'lazytime' is not known"):
+        mounthelper.parse_options(["lazytime"])

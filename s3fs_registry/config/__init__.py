@@ -36,6 +36,7 @@ from s3fs_registry.config.settings import (
     render_reference,
 )
 from s3fs_registry.config.values import (
+    MOUNT_ENV_PREFIX,
     OBJECT_ACLS,
     STORAGE_CLASSES,
     GiB,
@@ -48,6 +49,7 @@ from s3fs_registry.config.values import (
 
 __all__ = [
     "CLOUDFRONT_SETTINGS",
+    "MOUNT_ENV_PREFIX",
     "MOUNT_SETTINGS",
     "OBJECT_ACLS",
     "S3_SETTINGS",

@@ -7,6 +7,7 @@ the environment variable), the value and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -211,6 +212,7 @@ def _parse_s3(
     where = _where_in(raws, prefix)
     s3 = S3Config(**_parse_table(raws, S3_SETTINGS, where, warnings))
     _check_s3(s3, where, known_regions)
+    _check_endpoint_options(s3, where, warnings)
     return s3
 
 
@@ -251,6 +253,44 @@ def _check_s3(
             "KMS key id without server-side encryption, which S3 rejects: set encrypt: true or "
             "remove keyid",
         )
+
+
+_ACCELERATE_BUCKET = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
+def _check_endpoint_options(s3: S3Config, where: Callable[[str], str], warnings: list[str]) -> None:
+    """v3's accelerate, usedualstack and usefipsendpoint: refuse what no request could honour
+    (botocore would fail every request), warn where they have no effect (as in the registry,
+    whose SDK ignores them for a regionendpoint)."""
+    if s3.accelerate and s3.regionendpoint:
+        raise _fail(
+            where("accelerate"),
+            "a custom endpoint cannot be combined with S3 Accelerate (regionendpoint is set); "
+            "remove accelerate or regionendpoint",
+        )
+    if s3.accelerate and s3.usefipsendpoint:
+        raise _fail(
+            where("accelerate"),
+            "S3 Accelerate cannot be used with FIPS endpoints; remove accelerate or "
+            "usefipsendpoint",
+        )
+    if s3.accelerate and not _ACCELERATE_BUCKET.fullmatch(s3.bucket):
+        raise _fail(
+            where("accelerate"),
+            f"bucket name {s3.bucket} is not compatible with S3 Accelerate (it must be a DNS "
+            "name without dots)",
+        )
+    if s3.accelerate and s3.forcepathstyle:
+        warnings.append(
+            f"{where('forcepathstyle')}: S3 Accelerate needs virtual-hosted addressing; "
+            "forcepathstyle is ignored, as in the registry"
+        )
+    for name in ("usedualstack", "usefipsendpoint"):
+        if getattr(s3, name) and s3.regionendpoint:
+            warnings.append(
+                f"{where(name)}: no effect with regionendpoint {s3.regionendpoint}, as in the "
+                "registry (it only selects AWS endpoints)"
+            )
 
 
 # --- mount

@@ -32,6 +32,10 @@ class S3Config:
     objectacl: str = "private"
     useragent: str = ""
     forcepathstyle: bool = False
+    usedualstack: bool = False
+    accelerate: bool = False
+    usefipsendpoint: bool = False
+    loglevel: str = "off"
 
     def endpoint_url(self) -> str | None:
         """The endpoint for boto3; `secure` picks the scheme unless one is given (SDK AddScheme)."""
@@ -120,7 +124,7 @@ class MountConfig:
     gid: int = -1
     file_mode: int = 0o644
     dir_mode: int = 0o755
-    allow_other: bool = False
+    allow_other: bool | None = None  # None: auto, on when uid or gid is not the daemon's
     log_level: str = "info"
     log_file: str = ""
     janitor: bool = True
@@ -131,6 +135,7 @@ class MountConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     metrics_addr: str = ""
+    check_permissions: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ raises `Invalid` with the registry's own error text where it has one.
 from __future__ import annotations
 
 import datetime
+import grp
 import ipaddress
 import math
+import pwd
 import re
 import urllib.parse
 from typing import Any
@@ -27,6 +29,7 @@ from s3fs_registry.config.values import (
     _UNSET,
     IP_FILTERS,
     OBJECT_ACLS,
+    S3_LOG_LEVELS,
     STORAGE_CLASSES,
     Parser,
     _duration_ns,
@@ -53,6 +56,20 @@ def _go_bool(label: str) -> Parser:
         )
 
     return parse
+
+
+def _s3_log_level(value: Any, warnings: list[str]) -> str:
+    """v3.1 getS3LogLevelFromParam: a string, case-insensitive; YAML false ("off" unquoted),
+    another type or an unknown string means off. The registry says nothing; this warns."""
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value.lower() in S3_LOG_LEVELS:
+        return value.lower()
+    warnings.append(
+        f"{_show(value)} is not one of {', '.join(S3_LOG_LEVELS)}: the registry treats it as "
+        "off, and so does this daemon"
+    )
+    return "off"
 
 
 def _go_int64(label: str, value: Any) -> int:
@@ -166,6 +183,43 @@ def _int_range(low: int, high: int) -> Parser:
         if not low <= number <= high:
             raise _Invalid(f"must be an integer between {low} and {high}; got {_show(value)}")
         return number
+
+    return parse
+
+
+def _owner(kind: str) -> Parser:
+    """A uid (`kind` "user") or gid ("group"): an integer -1 .. 2^32-2, or a name of this
+    host, resolved once at start (Debian's registry runs as the user `docker-registry`)."""
+    numbers = _int_range(-1, 2**32 - 2)
+
+    def parse(value: Any, warnings: list[str]) -> int:
+        if not isinstance(value, str) or re.fullmatch(r"-?[0-9]+", value):
+            return int(numbers(value, warnings))
+        try:
+            if kind == "user":
+                return pwd.getpwnam(value).pw_uid
+            return grp.getgrnam(value).gr_gid
+        except KeyError:
+            raise _Invalid(
+                f"no {kind} named {_show(value)} on this host (getent "
+                f"{'passwd' if kind == 'user' else 'group'}); give a name or a number -1 .. "
+                f"{2**32 - 2}"
+            ) from None
+
+    return parse
+
+
+def _auto_bool(label: str) -> Parser:
+    """A 2.8 boolean, or `auto` (None): decided at start from other settings."""
+    boolean = _go_bool(label)
+
+    def parse(value: Any, warnings: list[str]) -> bool | None:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        try:
+            return bool(boolean(value, warnings))
+        except _Invalid as exc:
+            raise _Invalid(f"{exc}, or auto") from None
 
     return parse
 

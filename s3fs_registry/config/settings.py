@@ -13,6 +13,7 @@ from typing import Any
 
 from s3fs_registry.config.model import CloudFrontConfig, MountConfig, S3Config
 from s3fs_registry.config.parsers import (
+    _auto_bool,
     _aws_regions,
     _baseurl,
     _ca_bundle,
@@ -27,7 +28,9 @@ from s3fs_registry.config.parsers import (
     _listen_address,
     _mode,
     _object_acl,
+    _owner,
     _private_key,
+    _s3_log_level,
     _seconds,
     _size,
     _storage_class,
@@ -39,6 +42,7 @@ from s3fs_registry.config.values import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     OBJECT_ACLS,
+    S3_LOG_LEVELS,
     STORAGE_CLASSES,
     KiB,
     MiB,
@@ -62,6 +66,8 @@ class Setting:
     required: str = ""
     #: how the docs show the default
     show: Callable[[Any], str] = repr
+    #: storage.s3: the registry release that introduced it ("2.x": the 2.x line, in 2.8)
+    since: str = ""
 
 
 def _doc_size(n: int) -> str:
@@ -82,6 +88,10 @@ def _doc_plain(value: Any) -> str:
     if isinstance(value, tuple):
         return '`""`' if not value else f"`{','.join(value)}`"
     return f"`{value}`" if value != "" else '`""`'
+
+
+def _doc_auto(value: bool | None) -> str:
+    return "`auto`" if value is None else _doc_plain(value)
 
 
 def _doc_mode(value: int) -> str:
@@ -152,18 +162,36 @@ S3_SETTINGS: tuple[Setting, ...] = (
             "Appended to the User-Agent of every S3 request.", env="string", show=_doc_plain),
     Setting("forcepathstyle", _go_bool("forcepathstyle"), "boolean",
             "Path-style addressing without `regionendpoint` (registry v3's parameter).",
-            show=_doc_plain),
+            show=_doc_plain, since="3.0"),
+    Setting("usedualstack", _go_bool("usedualstack"), "boolean",
+            "AWS dual-stack (IPv4 and IPv6) endpoints (`s3.dualstack.<region>.amazonaws.com`). "
+            "No effect with `regionendpoint`, as in the registry.", show=_doc_plain,
+            since="3.0"),
+    Setting("accelerate", _go_bool("accelerate"), "boolean",
+            "S3 Transfer Acceleration (`<bucket>.s3-accelerate.amazonaws.com`). Refused with "
+            "`regionendpoint`, with `usefipsendpoint` and for a bucket name with dots, which "
+            "acceleration cannot serve; `forcepathstyle` is ignored, as in the registry.",
+            show=_doc_plain, since="3.0"),
+    Setting("usefipsendpoint", _go_bool("usefipsendpoint"), "boolean",
+            "AWS FIPS endpoints (`s3-fips.<region>.amazonaws.com`). No effect with "
+            "`regionendpoint`, as in the registry.", show=_doc_plain, since="3.1"),
+    Setting("loglevel", _s3_log_level, "`" + "`, `".join(S3_LOG_LEVELS) + "` "
+            "(case-insensitive; anything else is `off`)",
+            "Logging of S3 requests, whatever `mount.log_level`: `debug` and the other values "
+            "log one line per request attempt (operation, key, size, status, latency, "
+            "outcome); `debugwithsigning` adds what was signed (signed headers, payload hash; "
+            "never the signature or a token); `debugwithhttpbody` adds the request and "
+            "response headers and the XML bodies (object data only as a byte count).",
+            env="string", show=_doc_plain, since="3.0"),
 )  # fmt: skip
 
 #: storage.s3 keys the registry knows but a mount does not use: key -> why it is ignored
 _S3_IGNORED = {
-    "sessiontoken": "not a parameter of the registry's S3 driver (use AWS_SESSION_TOKEN)",
+    "sessiontoken": "not a parameter of the registry's S3 driver (v3 has the field but never "
+    "reads it): session credentials come from the default AWS credential chain "
+    "(AWS_SESSION_TOKEN, a profile, an instance or task role)",
     "credentialsconfigpath": "not a parameter of the registry's S3 driver "
     "(use AWS_SHARED_CREDENTIALS_FILE)",
-    "accelerate": "a registry v3 parameter this daemon does not support",
-    "usedualstack": "a registry v3 parameter this daemon does not support",
-    "usefipsendpoint": "a registry v3 parameter this daemon does not support",
-    "loglevel": "a registry v3 parameter; use mount.log_level",
     "redirectendpoint": "a registry v3 parameter about client redirects; a mount has none",
 }
 
@@ -209,8 +237,8 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "How stale another writer's change may look (attributes, directory listings).",
             show=_doc_seconds),
     Setting("immutable_ttl", _TTL, "duration >= 0",
-            "Attribute cache time of content-addressed paths (`blobs/**`, "
-            "`_manifests/revisions/**`), which never change.", show=_doc_seconds),
+            "Attribute cache time of blobs (`blobs/**`: named by their content, removed "
+            "only by garbage collection).", show=_doc_seconds),
     Setting("negative_ttl", _TTL, "duration >= 0", "How long \"does not exist\" is remembered.",
             show=_doc_seconds),
     Setting("memory_budget", _size(0), "size >= 4 x `storage.s3.chunksize`",
@@ -236,21 +264,31 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("cache_size", _size(0), "size >= 0",
             "Most disk space the blob cache uses; least recently used blobs are evicted.",
             show=_doc_size),
-    Setting("uid", _int_range(-1, 2**32 - 2), "integer -1 .. 4294967294",
-            "Owner of every file; -1 means the daemon's effective uid.", show=_doc_plain),
-    Setting("gid", _int_range(-1, 2**32 - 2), "integer -1 .. 4294967294",
-            "Group of every file; -1 means the daemon's effective gid.", show=_doc_plain),
+    Setting("uid", _owner("user"), "user name, or integer -1 .. 4294967294",
+            "Owner of every file and directory. -1: the owner of the mount point directory "
+            "before mounting, so the user who owns `/var/lib/docker-registry` (Debian's "
+            "`docker-registry`, who runs the registry) owns the mount.",
+            env="string", show=_doc_plain),
+    Setting("gid", _owner("group"), "group name, or integer -1 .. 4294967294",
+            "Group of every file and directory. -1: the group of the mount point directory "
+            "before mounting.", env="string", show=_doc_plain),
     Setting("file_mode", _mode, "octal mode 0000 .. 07777", "Permission bits of files.",
             env="string", show=_doc_mode),
     Setting("dir_mode", _mode, "octal mode 0000 .. 07777", "Permission bits of directories.",
             env="string", show=_doc_mode),
-    Setting("allow_other", _go_bool("allow_other"), "boolean",
-            "Let other users access the mount (FUSE `allow_other`; needs `user_allow_other` in "
-            "/etc/fuse.conf unless root).", show=_doc_plain),
+    Setting("allow_other", _auto_bool("allow_other"), "boolean, or `auto`",
+            "Let other users than the daemon's access the mount (FUSE `allow_other`; needs "
+            "`user_allow_other` in /etc/fuse.conf unless root); the kernel still checks "
+            "`uid`, `gid` and the modes. `auto`: on when the files' owner or group (`uid`, "
+            "`gid`) is not the daemon's, who could not reach them otherwise.",
+            env="string", show=_doc_auto),
     Setting("log_level", _choice("log_level", LOG_LEVELS), "`" + "`, `".join(LOG_LEVELS) + "`",
             "Log level (case-insensitive).", env="string", show=_doc_plain),
     Setting("log_file", _string("log_file"), "path",
-            "Log file; empty means stderr in the foreground, syslog in the background.",
+            "Log file, reopened on SIGHUP (logrotate). Empty: stderr in the foreground; in the "
+            "background syslog, or without a syslog socket (`/dev/log`, as in containers) "
+            "`/var/log/s3fs-registry/<mount point, / as ->.log` (`~/.local/state/s3fs-registry/` "
+            "when not root), which `mount` names when it returns.",
             env="string", show=_doc_plain),
     Setting("janitor", _go_bool("janitor"), "boolean",
             "Abort stale multipart uploads under `rootdirectory`.", show=_doc_plain),
@@ -274,6 +312,11 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "bound on 127.0.0.1 only; every interface only when written out (`0.0.0.0:PORT`, "
             "`[::]:PORT`). A port that cannot be bound stops the daemon at start.",
             env="string", show=_doc_plain),
+    Setting("check_permissions", _go_bool("check_permissions"), "boolean",
+            "At start, probe each S3 permission the registry needs as `s3fs-registry check` "
+            "does (on a scratch key under `rootdirectory`, removed afterwards; 9 requests) and "
+            "stop with exit code 6 naming the refused actions. `false` mounts without the "
+            "probe (a read-only replica).", show=_doc_plain),
 )  # fmt: skip
 
 
@@ -286,13 +329,22 @@ def _defaults(cls: type[Any]) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
-def _reference_table(table: Iterable[Setting], defaults: Mapping[str, Any]) -> list[str]:
-    lines = ["| Setting | Default | Allowed | Meaning |", "|---|---|---|---|"]
+def _reference_table(
+    table: Iterable[Setting], defaults: Mapping[str, Any], since: bool = False
+) -> list[str]:
+    """One settings table; `since` adds the registry release that introduced each setting."""
+    columns = ["Setting", "Registry", "Default", "Allowed", "Meaning"]
+    if not since:
+        columns.remove("Registry")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for setting in table:
         default = defaults[setting.name]
         required = default is dataclasses.MISSING or setting.required
         shown = "required" if required else setting.show(default)
-        lines.append(f"| `{setting.name}` | {shown} | {setting.allowed} | {setting.help} |")
+        version = f" {setting.since or '2.x'} |" if since else ""
+        lines.append(
+            f"| `{setting.name}` |{version} {shown} | {setting.allowed} | {setting.help} |"
+        )
     return lines
 
 
@@ -300,7 +352,7 @@ def render_reference() -> str:
     """The settings tables of doc/CONFIGURATION.md, generated from the tables above."""
     parts = [
         "### `storage.s3` (environment: `REGISTRY_STORAGE_S3_<PARAM>`)", "",
-        *_reference_table(S3_SETTINGS, _defaults(S3Config)), "",
+        *_reference_table(S3_SETTINGS, _defaults(S3Config), since=True), "",
         "### `middleware.storage[].options` of `name: cloudfront`", "",
         *_reference_table(CLOUDFRONT_SETTINGS, _defaults(CloudFrontConfig)), "",
         "### `mount` (environment: `REGISTRY_MOUNT_<SETTING>`)", "",

@@ -36,6 +36,11 @@ OBJECT_ACLS = (
     "aws-exec-read", "bucket-owner-read", "bucket-owner-full-control",
 )  # fmt: skip
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: registry v3's storage.s3 loglevel values (aws-sdk-go v1 LogLevelType), as getS3LogLevelFromParam
+S3_LOG_LEVELS = (
+    "off", "debug", "debugwithsigning", "debugwithhttpbody", "debugwithrequestretries",
+    "debugwithrequesterrors", "debugwitheventstreambody",
+)  # fmt: skip
 IP_FILTERS = ("none", "aws", "awsregion")
 DEFAULT_IP_RANGES_URL = "https://ip-ranges.amazonaws.com/ip-ranges.json"
 

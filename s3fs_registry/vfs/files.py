@@ -5,6 +5,12 @@ commits, unlink and rename, so that a commit never races a write and an unlink n
 the upload it cancels. A commit makes the content one object in S3 (or, for a registry
 upload in flight, the parts of a multipart upload kept open) before `flush`/`fsync`
 returns; a failure is sticky until the last writer closes.
+
+One kind of file is not committed by `flush`/`fsync`: registry v3.1's PutContent
+temporary (`<path>.<uuidv7>.tmp`, namespace.V31_TEMP) is held in memory (or the spool, if
+it outgrows a part) until its rename uploads it straight to `<path>` (vfs/moves.py), as one
+PutObject, the native driver's cost; closed or unlinked without a rename it is discarded.
+Its name never reaches S3.
 """
 
 from __future__ import annotations
@@ -19,17 +25,18 @@ import trio
 
 from s3fs_registry import metrics
 from s3fs_registry.blobcache import BlobCache, CachedReader, KnownReader, known_link
-from s3fs_registry.errors import FsError
+from s3fs_registry.errors import FsError, TooLargeError
 from s3fs_registry.namespace import (
     DETERMINISTIC_PATH,
     UPLOAD_DATA,
     UPLOAD_HASHSTATE,
+    V31_TEMP,
     Entry,
     Node,
     Pending,
 )
 from s3fs_registry.reader import Buffer, ObjectReader, ReadContext
-from s3fs_registry.store import MIN_PART, Store
+from s3fs_registry.store import MAX_OBJECT, MIN_PART, Store
 from s3fs_registry.vfs.names import Attr, Names
 from s3fs_registry.writer import Base, SpoolSession, WriteContext, WriteSession
 
@@ -161,6 +168,12 @@ class Files:
             async with state.lock:
                 if isinstance(state.content, SpoolSession):
                     return await state.content.read(offset, size)
+        if state is not None and self.held(node) and isinstance(state.content, WriteSession):
+            async with state.lock:
+                if isinstance(state.content, WriteSession):
+                    data = await state.content.content()  # a held file is all in memory
+                    assert data is not None
+                    return bytes(data[offset : offset + size])
         if (state is not None and state.content is not None) or node.pending is not None:
             await self.settle(node)  # read what was written, from S3
         key = self.ns.key(node)
@@ -195,12 +208,15 @@ class Files:
         node, state = handle.node, handle.node.file
         if not handle.writable or state is None:
             raise FsError(errno.EBADF)
+        self._check_size(node, offset + len(data))
         async with state.lock:
             if state.error is not None:
                 raise state.error
             if node.detached:
                 return len(data)  # an unlinked file's bytes go nowhere, as on any file system
             content = await self._content_for(node, state, offset)
+            if not self._may_stream(node, content, offset + len(data)):
+                content = await self._to_spool(node, state)
             await content.write(offset, data)
             node.size, node.mtime = content.size, time.time()
         return len(data)
@@ -223,6 +239,17 @@ class Files:
         if not content.accepts(offset):
             content = await self._to_spool(node, state)
         return content
+
+    def held(self, node: Node) -> bool:
+        """Is `node` a v3.1 PutContent temporary, held here until its rename (module doc)?"""
+        return not node.detached and V31_TEMP.match(self.ns.rel(node)) is not None
+
+    def _may_stream(self, node: Node, content: Content, end: int) -> bool:
+        """A held file must not start a multipart upload under its temporary name: once it
+        would outgrow one part it moves to the spool, which uploads only at the rename."""
+        if not isinstance(content, WriteSession) or not self.held(node):
+            return True
+        return end < self.writes.part_size(1)
 
     def _base(self, node: Node) -> Base | None:
         return Base(self.ns.key(node), node.size, node.etag) if node.in_s3 and node.size else None
@@ -252,6 +279,7 @@ class Files:
         """Set the file's size; committed at once when no handle will commit it later."""
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        self._check_size(node, size)
         state = node.file
         transient = state is None
         if transient and node.detached:
@@ -267,6 +295,14 @@ class Files:
             if transient:
                 await self._close_state(node, state)
 
+    def _check_size(self, node: Node, size: int) -> None:
+        """EFBIG before anything is done: no S3 object can be larger than 5 TiB, and a
+        spool or a stream of zeros would fail only after filling disk or uploading TiBs."""
+        if size > MAX_OBJECT:
+            raise TooLargeError(
+                f"{self.ns.key(node)}: {size} bytes is more than an S3 object holds (5 TiB)"
+            )
+
     async def _truncate_locked(self, node: Node, state: FileState, size: int) -> None:
         content = state.content
         current = content.size if content is not None else node.size
@@ -281,7 +317,10 @@ class Files:
             stored = node.etag if recent else ""
             state.content = WriteSession(self.writes, self.ns.key(node), None, stored)
         elif isinstance(content, WriteSession) and size > current:
-            await content.extend(size)
+            if self._may_stream(node, content, size):
+                await content.extend(size)
+            else:
+                await (await self._to_spool(node, state)).truncate(size)
         elif size != current:
             spool = await self._to_spool(node, state)
             await spool.truncate(size)
@@ -298,8 +337,8 @@ class Files:
     async def _commit_locked(self, node: Node, state: FileState) -> None:
         """Upload the pending change of `node`, if any, and record the result."""
         content = state.content
-        if content is None or not state.dirty:
-            return
+        if content is None or not state.dirty or self.held(node):
+            return  # (a held file is uploaded by its rename)
         if node.detached:
             discard(content)
             state.content = None
@@ -436,9 +475,14 @@ class Files:
                     self._drop_if_never_stored(node)
 
     def _drop_if_never_stored(self, node: Node) -> None:
-        """A file created here whose upload failed does not exist: S3 has nothing of it."""
+        """A file created here whose upload failed does not exist: S3 has nothing of it.
+        Nor does a held temporary closed without a rename (the registry's error paths)."""
         parent = node.parent
         if node.local and not node.in_s3 and not node.detached and parent is not None:
+            if self.held(node):
+                log.debug("%s: closed without a rename: discarded", self.ns.key(node))
+                self.ns.drop_local(node)
+                return
             self.ns.forget_entry(parent, node.name)
             self.ns.detach(node)
 
@@ -449,7 +493,7 @@ class Files:
         failures = 0
         for node in list(self.ns.nodes.values()):
             state = node.file
-            if state is None or not state.dirty:
+            if state is None or not state.dirty or self.held(node):
                 continue
             try:
                 await self.commit_state(node)

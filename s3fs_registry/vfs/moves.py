@@ -4,6 +4,10 @@ S3 has no rename: a file is copied (CopyObject, or a parallel UploadPartCopy abo
 registry's `multipartcopythresholdsize`) and then deleted, and the destination is complete
 before `rename` returns. A file still being written that was never uploaded under its old
 name goes straight to the new one. Directories are renamed key by key.
+
+Registry v3.1's PutContent renames its temporary `<path>.<uuidv7>.tmp` onto `<path>`
+while the file is still open: the held content (vfs/files.py) is uploaded right there to
+`<path>`, one PutObject as under the native driver, and `rename` reports its outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import trio
 
 from s3fs_registry.config import S3Config
 from s3fs_registry.errors import FsError
-from s3fs_registry.namespace import Entry, Node
+from s3fs_registry.namespace import DETERMINISTIC_PATH, V31_TEMP, Entry, Node
 from s3fs_registry.store import MAX_PARTS, Store
 from s3fs_registry.vfs.files import Files, FileState, discard
 from s3fs_registry.vfs.names import Names
@@ -54,6 +58,12 @@ class Moves:
             await self._unlink_locked(parent, node)
 
     async def _unlink_locked(self, parent: Node, node: Node) -> None:
+        if self.files.held(node):  # never in S3: the registry's Delete(tmp) costs nothing
+            if node.file is not None and node.file.content is not None:
+                discard(node.file.content)
+                node.file.content = None
+            self.ns.drop_local(node)
+            return
         had_pending = node.pending is not None
         await self.files.abort_pending(node)
         state = node.file
@@ -103,6 +113,9 @@ class Moves:
                 raise state.error
             content = state.content
             dst_key = self.ns.prefix + self.ns.child_rel(new_parent, new_name)
+            if self.files.held(src):
+                await self._commit_held(src, state, new_parent, new_name)
+                return
             if isinstance(content, WriteSession) and content.retarget(dst_key):
                 await self._commit_renamed(src, state, content, new_parent, new_name)
                 return
@@ -111,9 +124,41 @@ class Moves:
             if isinstance(state.content, SpoolSession):
                 state.content.key = self.ns.key(src)
 
-    async def _commit_renamed(
-        self, src: Node, state: FileState, content: WriteSession, new_parent: Node, new_name: str
+    async def _commit_held(
+        self, src: Node, state: FileState, new_parent: Node, new_name: str
     ) -> None:
+        """v3.1's rename of its temporary onto the real name: upload the held content there.
+
+        When `rename` returns 0 the object is complete in S3; when the upload fails the
+        rename fails with its errno, the target keeps its old object and the temporary is
+        still there for the registry's Delete(tmp). A rewrite with the bytes this mount
+        stored moments ago under a path whose content its name determines (the registry
+        writes every hash state twice) sends nothing, as the in-place rewrite of 2.8 does.
+        """
+        dst_rel = self.ns.child_rel(new_parent, new_name)
+        if V31_TEMP.match(dst_rel):  # from one temporary name to another: still held
+            self.ns.move(src, new_parent, new_name)
+            return
+        content = state.content or WriteSession(self.writes, "", None)
+        key = self.ns.prefix + dst_rel
+        if isinstance(content, WriteSession):
+            content.retarget(key, self._stored_here(new_parent, new_name, dst_rel))
+        else:
+            content.key = key
+        await self._commit_renamed(src, state, content, new_parent, new_name)
+
+    def _stored_here(self, parent: Node, name: str, rel: str) -> str:
+        """The ETag of `rel` if this mount stored it moments ago and its name fixes its
+        content (namespace.DETERMINISTIC_PATH); else "" (always upload)."""
+        node = parent.children.get(name)
+        if node is None or node.is_dir or not DETERMINISTIC_PATH.match(rel):
+            return ""
+        return node.etag if node.stored_here and self.ns.confirmed_recently(node) else ""
+
+    async def _commit_renamed(
+        self, src: Node, state: FileState, content: WriteSession | SpoolSession,
+        new_parent: Node, new_name: str,
+    ) -> None:  # fmt: skip
         """A file never uploaded under its old name goes straight to the new one."""
         old_key, had_object = self.ns.key(src), src.in_s3
         try:
@@ -121,6 +166,9 @@ class Moves:
         except BaseException as exc:
             state.error, state.content = exc, None
             raise
+        finally:
+            if isinstance(content, SpoolSession):
+                content.close()
         state.content = None
         if had_object:
             await self.store.delete(old_key)

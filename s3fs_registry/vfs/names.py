@@ -13,12 +13,15 @@ import errno
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import trio
 
 from s3fs_registry.errors import FsError
 from s3fs_registry.namespace import (
     UPLOAD_DATA,
     UPLOAD_DIR,
+    V31_TEMP,
     Entry,
     Listing,
     Namespace,
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
 SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
+PROBE_KEYS = 1000  # keys a lookup's listing brings back (from the name and below it)
 FILE = Entry(False)
 
 
@@ -46,6 +50,16 @@ class Attr:
     ttl: float
 
 
+@dataclass
+class _Probe:
+    """A probe in flight, which concurrent lookups of the same name wait for."""
+
+    when: float
+    done: trio.Event = field(default_factory=trio.Event)
+    entry: Entry | None = None
+    answered: bool = False
+
+
 class Names:
     """Lookups, attributes and directories of the mount (see the module docstring)."""
 
@@ -53,12 +67,15 @@ class Names:
         self.ns = ns
         self.store = store
         self.dir_mtime = time.time()
+        self._probes: dict[str, _Probe] = {}
 
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
         # an upload's data may grow on another replica at any moment: the kernel asks each
-        # time (lseek(SEEK_END) included), and this mount answers from what it knows
-        ttl = 0.0 if node.detached or UPLOAD_DATA.match(rel) else self.ns.ttl(rel)
+        # time (lseek(SEEK_END) included), and this mount answers from what it knows; a
+        # v3.1 temporary file lives only until its rename or close, so it is asked too
+        volatile = node.detached or UPLOAD_DATA.match(rel) or V31_TEMP.match(rel)
+        ttl = 0.0 if volatile else self.ns.trust_left(node, rel)
         mtime = node.mtime if not node.is_dir else self.dir_mtime
         return Attr(node.ino, node.is_dir, node.size, mtime, ttl)
 
@@ -88,9 +105,11 @@ class Names:
         node = parent.children.get(name)
         if not recheck and node is not None and self.ns.fresh(node):
             return node
+        if node is None and V31_TEMP.match(rel):
+            return None  # held by the mount that made it, never in S3: nothing to ask
         if not recheck and self.ns.is_negative(rel):
             return None
-        entry = await self._entry(parent, name, rel, recheck)
+        entry, when = await self._entry(parent, name, rel, recheck)
         if entry is None:
             self.ns.note_miss(parent)
         node = parent.children.get(name)  # re-read: the probe awaited
@@ -101,32 +120,111 @@ class Names:
                 self.ns.detach(node)
             self.ns.set_negative(rel)
             return None
-        return self.ns.attach(parent, name, entry)
+        node = self.ns.attach(parent, name, entry, when)
+        self.ns.confirm_ancestors(node, when)
+        return node
 
-    async def _entry(self, parent: Node, name: str, rel: str, recheck: bool) -> Entry | None:
-        """What the parent's listing says of `name`, or a probe when it has none fresh."""
+    async def _entry(
+        self, parent: Node, name: str, rel: str, recheck: bool
+    ) -> tuple[Entry | None, float]:
+        """What S3 says of `name` and when it said so: from a fresh listing of the parent
+        that covers the name, from a kept listing of the name itself (a directory), or a
+        probe."""
         if not recheck:
             if not self.ns.listing_fresh(parent) and self.ns.creating_in(parent):
                 listing = await self._fetch_small_listing(parent)
                 if listing is not None:
                     parent.listing = listing
-            if self.ns.listing_fresh(parent):
-                assert parent.listing is not None
-                return parent.listing.entries.get(name)
-        return await self._probe(self.ns.prefix + rel)
+            listing = self.ns.listing_of(parent)
+            if listing is not None and listing.covers(name):
+                return listing.entries.get(name), listing.fetched
+            seen = self.ns.prefetched_dir(rel)
+            if seen is not None:
+                return Entry(True, 0, self.dir_mtime), seen
+        return await self._shared_probe(self.ns.prefix + rel, join=not recheck)
+
+    async def _shared_probe(self, key: str, join: bool) -> tuple[Entry | None, float]:
+        """The probe of `key` and when it was sent. Lookups of a name while its probe is in
+        flight (the registry's goroutines resolving one path at once) wait for its answer
+        instead of sending the same request; `join=False` always asks anew."""
+        current = self._probes.get(key) if join else None
+        if current is not None:
+            await current.done.wait()
+            if current.answered:
+                return current.entry, current.when
+        probe = _Probe(self.ns.clock())
+        self._probes.setdefault(key, probe)
+        try:
+            probe.entry = await self._probe(key)
+            probe.answered = True
+        finally:
+            probe.done.set()
+            if self._probes.get(key) is probe:
+                del self._probes[key]
+        return probe.entry, probe.when
 
     async def _probe(self, key: str) -> Entry | None:
         """Is `key` a file, a directory (some key under `key/`), or nothing? One LIST, usually.
 
-        Listing with prefix `key` and delimiter "/" returns the object `key` itself and rolls
-        everything under `key/` into one common prefix; only siblings whose names extend
-        `key` with a character sorting before "/" can push that prefix to a later page.
-        A directory wins over a file of the same name.
+        The listing has `key` as prefix and no delimiter: the object `key` itself comes
+        first, then everything under `key/` (after siblings such as `key-x`, whose names
+        extend `key` with a character sorting before "/"). So one request answers this name
+        and, kept as listings of every directory below it (`_keep_subtree`), the lookups
+        and directory reads that usually follow: a registry resolving
+        `<repo>/_manifests/tags/<tag>/current/link` lists once, not once per component.
+        A directory wins over a file of the same name. When siblings fill the page before
+        `key/`, the answer comes from a listing with delimiter "/" (`_probe_delimited`).
         """
         if UPLOAD_DATA.match(key[len(self.ns.prefix) :]):
             pending = await self.pending_entry(key)  # first: as the S3 driver, 2 requests
             if pending is not None:
                 return pending
+        page = await self.store.list_page(key, delimiter="", max_keys=PROBE_KEYS)
+        below = [o for o in page.objects if o.key.startswith(key + "/")]
+        last = page.objects[-1].key if page.objects else ""
+        truncated = page.next_token is not None
+        if below:
+            cut = truncated and last.startswith(key + "/")
+            self._keep_subtree(key[len(self.ns.prefix) :], key + "/", below, cut)
+            return Entry(True, 0, self.dir_mtime)
+        if truncated and last < key + "/":
+            return await self._probe_delimited(key)
+        for obj in page.objects:
+            if obj.key == key:
+                return Entry(False, obj.size, obj.mtime, obj.etag)
+        return None
+
+    def _keep_subtree(self, base: str, prefix: str, objects: list[ObjectInfo], cut: bool) -> None:
+        """Keep the listings of `base` and every directory under it that `objects` (keys
+        under `prefix`, in S3's order) show. When the page was `cut` short, the directories
+        holding its last key are known only up to that key (`Listing.upto`)."""
+        listings = self._subtree_listings(base, prefix, objects)
+        if cut:
+            last = objects[-1].key[len(prefix) :]
+            where, rest = base, last
+            while True:
+                listing = listings.get(where)
+                if listing is None:
+                    break
+                listing.upto = rest
+                name, slash, rest = rest.partition("/")
+                if not slash:
+                    break
+                where = f"{where}/{name}" if where else name
+        self._keep(listings)
+
+    def _keep(self, listings: dict[str, Listing]) -> None:
+        """Keep listings of a subtree for when their directories are visited. An upload's
+        directory is `blind` to its `data` (it may be an upload kept open): a lookup of it
+        asks S3, and reading the directory lists it itself."""
+        for rel, listing in listings.items():
+            if UPLOAD_DIR.match(rel):
+                listing.blind = True
+        self.ns.store_prefetched(listings)
+
+    async def _probe_delimited(self, key: str) -> Entry | None:
+        """The probe with delimiter "/": the object `key` and the common prefix `key/`;
+        only siblings sorting before "/" can push that prefix to a later page."""
         file_entry: Entry | None = None
         token: str | None = None
         while True:
@@ -227,9 +325,14 @@ class Names:
         if not self.ns.listing_fresh(node):
             node.listing = await self._scan(node)
         assert node.listing is not None
+        if node.listing.entries:  # keys under it: it and every directory above it exist
+            node.checked = max(node.checked, node.listing.fetched)
+            self.ns.confirm_ancestors(node, node.listing.fetched)
         entries = dict(node.listing.entries)
         for name, child in self.ns.local_children(node):
-            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag)
+            # keep `pending`: readdir re-attaches its entries, and a registry upload's data
+            # taken for an object would be deleted, not aborted, by a RemoveAll
+            entries[name] = Entry(child.is_dir, child.size, child.mtime, child.etag, child.pending)
         return sorted(entries.items())
 
     async def _scan(self, node: Node) -> Listing:
@@ -252,8 +355,7 @@ class Names:
         root.subtree_ok_until = memory
         rel = self.ns.rel(node)
         own = listings.pop(rel, None) or Listing({}, self.ns.clock())
-        # an upload's directory is always listed itself: its data may be an upload kept open
-        self.ns.store_prefetched({k: v for k, v in listings.items() if not UPLOAD_DIR.match(k)})
+        self._keep(listings)
         return own
 
     def _scan_root(self, node: Node, now: float) -> Node:
@@ -316,7 +418,9 @@ class Names:
         if page.next_token is not None:
             node.big_until = self.ns.clock() + BIG_DIR_MEMORY * self.ns.metadata_ttl
             return None
-        return self._listing_of(prefix, page.objects, page.prefixes)
+        listing = self._listing_of(prefix, page.objects, page.prefixes)
+        listing.blind = UPLOAD_DIR.match(self.ns.rel(node)) is not None  # (see `_keep`)
+        return listing
 
     def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
         entries: dict[str, Entry] = {}

@@ -1,0 +1,235 @@
+"""Path resolution from listings (issue 12): what a lookup costs and what it may believe.
+
+A registry tree is written straight into the bucket (as another replica or the native
+driver would leave it), a fresh mount looks at it through the counting proxy, and the
+requests are counted: a deep path on a cold mount costs one listing, not one per
+component; a directory's listing answers the stats of its entries (registry 3.1 stats
+every tag directory of a tag listing); a digest-named link whose ETag proves its bytes is
+read without a GET. Then the other side: whatever the mount answers from listings, another
+writer's new tag, deleted manifest or removed repository shows within `metadata_ttl`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MountFactory
+from tests.mounts import Mount, S3Server, expect_errno
+from tests.s3proxy import S3Proxy
+
+V2 = "docker/registry/v2"
+TTL = 1.0  # the default metadata_ttl
+
+
+def _hex(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def repo_keys(repo: str, tags: list[str]) -> dict[str, bytes]:
+    """A repository as the registry lays it out: per tag a manifest blob, its revision
+    link, the tag's `current` and `index` links; one layer linked from `_layers`."""
+    root = f"{V2}/repositories/{repo}"
+    layer = _hex(repo + " layer")
+    keys = {
+        f"{V2}/blobs/sha256/{layer[:2]}/{layer}/data": b"layer",
+        f"{root}/_layers/sha256/{layer}/link": f"sha256:{layer}".encode(),
+    }
+    for tag in tags:
+        digest = _hex(f"{repo}:{tag}")
+        link = f"sha256:{digest}".encode()
+        keys[f"{V2}/blobs/sha256/{digest[:2]}/{digest}/data"] = b"{}"
+        keys[f"{root}/_manifests/revisions/sha256/{digest}/link"] = link
+        keys[f"{root}/_manifests/tags/{tag}/current/link"] = link
+        keys[f"{root}/_manifests/tags/{tag}/index/sha256/{digest}/link"] = link
+    return keys
+
+
+def put_all(mount: Mount, keys: dict[str, bytes]) -> None:
+    client = mount.server.client()
+    with ThreadPoolExecutor(10) as pool:
+        for done in [
+            pool.submit(client.put_object, Bucket=mount.bucket, Key=mount.prefix + k, Body=v)
+            for k, v in keys.items()
+        ]:
+            done.result()
+
+
+def delete_all(mount: Mount, keys: list[str]) -> None:
+    objects = [{"Key": mount.prefix + k} for k in keys]
+    mount.server.client().delete_objects(Bucket=mount.bucket, Delete={"Objects": objects})
+
+
+@pytest.fixture
+def proxy(s3: S3Server) -> Iterator[S3Proxy]:
+    with S3Proxy(s3.endpoint) as p:
+        yield p
+
+
+@pytest.fixture
+def pm(s3: S3Server, proxy: S3Proxy, mount_factory: MountFactory) -> Mount:
+    return mount_factory(s3, endpoint=proxy.url)
+
+
+def lists(proxy: S3Proxy) -> int:
+    return proxy.count(method="GET", query_contains="list-type=2")
+
+
+def requests(proxy: S3Proxy) -> int:
+    """What the file operations cost (the janitor's ListMultipartUploads apart)."""
+    return sum(1 for r in proxy.requests if "uploads" not in r.query)
+
+
+def test_a_deep_path_on_a_cold_mount_costs_one_listing(pm: Mount, proxy: S3Proxy) -> None:
+    keys = {**repo_keys("ns/a", ["v1"]), **repo_keys("ns/b", ["v1", "v2"])}
+    forged = f"{V2}/repositories/ns/a/_layers/sha256/{_hex('forged')}/link"
+    keys[forged] = b"sha256:" + b"0" * 64  # bytes other than the digest its path names
+    put_all(pm, keys)
+    tags = pm.path / V2 / "repositories/ns/b/_manifests/tags"
+    proxy.reset_counts()
+    assert (tags / "v2/current/link").stat().st_size == 71
+    assert requests(proxy) == 1, "one listing answers every component"
+    # the registry's tags/list, then 3.1's stat of each tag directory, then the links
+    assert sorted(os.listdir(tags)) == ["v1", "v2"]
+    assert all((tags / t).is_dir() for t in ("v1", "v2"))
+    digest = _hex("ns/b:v2")
+    index = tags / f"v2/index/sha256/{digest}/link"
+    assert index.read_bytes() == f"sha256:{digest}".encode()
+    assert requests(proxy) == 1, "listings cover the names looked up next; the ETag the link"
+    assert (tags / "v2/current/link").read_bytes() == f"sha256:{digest}".encode()
+    assert proxy.count(method="GET", path_contains="current/link") == 1
+    # a link whose ETag is not the MD5 of its path's digest is read from S3
+    assert (pm.path / forged).read_bytes() == b"sha256:" + b"0" * 64
+    assert not (pm.path / V2 / "repositories/ns/c").exists()
+    assert not (tags / "v3").exists()
+    assert lists(proxy) == 1, "absent names answered from the same listing"
+
+
+def test_a_tag_listing_of_520_tags_costs_its_listing_not_a_request_per_tag(
+    pm: Mount, proxy: S3Proxy
+) -> None:
+    """More keys than one listing page (2,100): a lookup's page stops early, so its
+    listings are partial (they answer only the names before the key it stopped at) and the
+    next lookup past it lists from there; listing the tags costs that directory's pages,
+    and the stat of each tag nothing more."""
+    names = [f"t{i:03d}" for i in range(520)]
+    put_all(pm, repo_keys("ns/big", names))
+    tags = pm.path / V2 / "repositories/ns/big/_manifests/tags"
+    proxy.reset_counts()
+    assert tags.is_dir()
+    assert lists(proxy) == 2, "blobs and revisions fill the first page; tags/ the second"
+    found = sorted(os.listdir(tags))
+    assert found == names, "exact, past the page the lookup stopped at"
+    for name in found:
+        assert (tags / name).is_dir()
+    assert lists(proxy) <= 4, "the lookups and 2 pages of tags/, whatever the tag count"
+    assert requests(proxy) == lists(proxy)
+    last = tags / names[-1] / "index/sha256" / _hex(f"ns/big:{names[-1]}") / "link"
+    assert last.stat().st_size == 71
+    assert not (tags / "t999").exists()
+    assert requests(proxy) <= 4
+
+
+def test_another_writers_new_tag_and_deleted_manifest_show_within_the_ttl(pm: Mount) -> None:
+    keys = repo_keys("ns/r", ["v1"])
+    put_all(pm, keys)
+    manifests = pm.path / V2 / "repositories/ns/r/_manifests"
+    revision = manifests / "revisions/sha256" / _hex("ns/r:v1") / "link"
+    assert os.listdir(manifests / "tags") == ["v1"]
+    assert revision.read_bytes() == f"sha256:{_hex('ns/r:v1')}".encode()
+    put_all(pm, repo_keys("ns/r", ["v2"]))  # another replica pushes a tag ...
+    delete_all(pm, [k for k in keys if "/_manifests/" in k])  # ... and deletes v1's manifest
+    changed = time.monotonic()
+    time.sleep(TTL + 0.1)
+    assert sorted(os.listdir(manifests / "tags")) == ["v2"]
+    expect_errno(errno.ENOENT, os.stat, revision)
+    expect_errno(errno.ENOENT, revision.read_bytes)
+    assert os.listdir(manifests / "revisions/sha256") == [_hex("ns/r:v2")]
+    assert time.monotonic() - changed < TTL + 1.0, "the checks themselves took long"
+
+
+def test_a_path_whose_ancestor_was_removed_elsewhere_is_enoent(pm: Mount) -> None:
+    """Deep beliefs do not outlive their ancestors: after another writer removes a
+    repository, every path through it is ENOENT once `metadata_ttl` has passed, whether
+    the kernel still holds its directories or looks them up again."""
+    keys = {**repo_keys("ns/gone", ["v1"]), **repo_keys("ns/kept", ["v1"])}
+    put_all(pm, keys)
+    gone = pm.path / V2 / "repositories/ns/gone"
+    link = gone / "_manifests/tags/v1/current/link"
+    assert link.read_bytes().startswith(b"sha256:")
+    held = os.open(gone / "_manifests/tags", os.O_RDONLY)  # the kernel keeps this inode
+    try:
+        delete_all(pm, [k for k in keys if "/ns/gone/" in k])
+        time.sleep(TTL + 0.1)
+        expect_errno(errno.ENOENT, os.stat, link)
+        expect_errno(errno.ENOENT, os.stat, gone)
+        expect_errno(errno.ENOENT, os.stat, f"/proc/self/fd/{held}/v1/current/link")
+        assert os.listdir(gone.parent) == ["kept"]
+    finally:
+        os.close(held)
+    kept = gone.parent / "kept/_manifests/tags/v1/current/link"
+    assert kept.read_bytes().startswith(b"sha256:")
+
+
+def test_concurrent_lookups_of_one_name_share_one_listing(pm: Mount, proxy: S3Proxy) -> None:
+    """The registry resolves one path from several goroutines at once; the kernel sends a
+    lookup for each while the name's attributes are stale. They wait for one listing."""
+    put_all(pm, repo_keys("ns/a", ["v1"]))
+    link = pm.path / V2 / "repositories/ns/a/_manifests/tags/v1/current/link"
+    assert link.stat().st_size == 71
+    time.sleep(TTL + 0.1)  # every belief below the skeleton is stale now
+    proxy.reset_counts()
+    proxy.delay = 0.2  # each listing takes a while: the lookups overlap
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda _: link.stat().st_size, range(4)))
+    assert sizes == [71] * 4
+    assert lists(proxy) == 1
+
+
+def test_an_upload_kept_open_is_found_past_the_listings(
+    pm: Mount, proxy: S3Proxy, s3: S3Server, mount_factory: MountFactory
+) -> None:
+    """An upload's `data` in flight is a multipart upload, which no listing shows: the
+    upload's other files come from the deep listing, `data` is always asked of S3."""
+    upload = pm.path / V2 / "repositories/ns/a/_uploads/u"
+    other = mount_factory(s3, bucket=pm.bucket)  # another replica writes the upload
+    (other.path / upload.relative_to(pm.path)).mkdir(parents=True)
+    (other.path / upload.relative_to(pm.path) / "startedat").write_bytes(b"2026-12-06T00:00:00Z")
+    (other.path / upload.relative_to(pm.path) / "data").write_bytes(b"x" * (5 << 20))
+    proxy.reset_counts()
+    assert (upload / "startedat").stat().st_size == 20
+    assert lists(proxy) == 1
+    assert (upload / "data").stat().st_size == 5 << 20
+    assert proxy.count(method="GET", query_contains="uploads") >= 1, "asked for the upload"
+    assert sorted(os.listdir(upload)) == ["data", "startedat"]
+
+
+def test_the_catalog_walk_stats_every_entry_from_its_listing(pm: Mount, proxy: S3Proxy) -> None:
+    """The registry's catalog and garbage collection walk with Go's WalkFallback: list a
+    directory, stat every entry in order, descend. No entry costs a request of its own."""
+    keys: dict[str, bytes] = {}
+    for i in range(40):
+        keys.update(repo_keys(f"ns/r{i:02d}", ["v1"]))
+    put_all(pm, keys)
+    proxy.reset_counts()
+    found = []
+
+    def walk(path: Path) -> None:
+        for name in sorted(os.listdir(path)):
+            child = path / name
+            if child.is_dir():  # the stat WalkFallback makes of every entry
+                if name == "_layers":
+                    found.append(str(path.relative_to(pm.path / V2 / "repositories")))
+                elif not name.startswith("_"):
+                    walk(child)
+
+    walk(pm.path / V2 / "repositories")
+    assert found == [f"ns/r{i:02d}" for i in range(40)]
+    assert requests(proxy) <= 2, "the lookups and one listing of the tree"
