@@ -484,45 +484,6 @@ class BlobCache:
         }
 
 
-#: the registry's digest-named link files: each holds exactly "<alg>:<hex>" of its path
-LINK = re.compile(
-    r"docker/registry/v2/repositories/.+/"
-    r"(?:_layers|_manifests/revisions|_manifests/tags/[^/]+/index)/"
-    r"(sha256|sha384|sha512)/([0-9a-f]{64,128})/link"
-)
-
-
-def known_link(rel: str, size: int, etag: str) -> bytes | None:
-    """The bytes of a digest-named link file when S3's own ETag proves them; else None.
-
-    A link's content is the digest its path names, and a single-part object's ETag is the
-    MD5 of its bytes: when the ETag S3 lists for the link is the MD5 of that digest, S3
-    holds exactly those bytes and they need no GET, on the first read after a restart as
-    on any other. An ETag that is not an MD5 (multipart, SSE-KMS) or another size: None.
-    """
-    match = LINK.fullmatch(rel)
-    if match is None:
-        return None
-    body = f"{match.group(1)}:{match.group(2)}".encode()
-    if size != len(body) or etag.strip('"') != hashlib.md5(body, usedforsecurity=False).hexdigest():
-        return None
-    return body
-
-
-class KnownReader:
-    """A reader of bytes known without asking S3 (a link file that `known_link` proved)."""
-
-    def __init__(self, key: str, data: bytes, etag: str) -> None:
-        self.key, self.size, self.etag = key, len(data), etag
-        self._data = data
-
-    async def read(self, offset: int, size: int) -> Buffer:
-        return memoryview(self._data)[offset : offset + max(0, size)]
-
-    def close(self) -> None:
-        pass
-
-
 class CachedReader:
     """Reads of one open blob file: from the cache when it has the bytes, else from S3.
 

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
-from s3fs_registry import metrics
-from s3fs_registry.blobcache import BlobCache, CachedReader, KnownReader, known_link
+from s3fs_registry.blobcache import BlobCache, CachedReader
 from s3fs_registry.errors import FsError, TooLargeError
 from s3fs_registry.namespace import (
     DETERMINISTIC_PATH,
@@ -67,7 +66,7 @@ class Handle:
 
     node: Node
     writable: bool
-    reader: ObjectReader | CachedReader | KnownReader | None = None
+    reader: ObjectReader | CachedReader | None = None
 
 
 class Files:
@@ -184,24 +183,17 @@ class Files:
             reader = handle.reader = self._reader(key, node)
         return await reader.read(offset, size)
 
-    def _reader(self, key: str, node: Node) -> ObjectReader | CachedReader | KnownReader:
-        """The read path's reader of the object, behind the blob cache for blob data; with
-        the cache on, digest-named links whose ETag proves their bytes need no GET."""
+    def _reader(self, key: str, node: Node) -> ObjectReader | CachedReader:
+        """The read path's reader of the object, behind the blob cache for blob data."""
         reads, size, etag = self.reads, node.size, node.etag
 
         def make() -> ObjectReader:
             return ObjectReader(reads, key, size, etag)
 
         cache = self.cache
-        if cache is None or node.file is not None:
+        if cache is None or node.file is not None or not cache.holds(key):
             return make()
-        if cache.holds(key):
-            return CachedReader(cache, key, size, etag, make)
-        link = known_link(key[len(self.ns.prefix) :], size, etag)
-        if link is not None:
-            metrics.LINKS_HIT.inc()
-            return KnownReader(key, link, etag)
-        return make()
+        return CachedReader(cache, key, size, etag, make)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handle(fh)
