@@ -136,6 +136,14 @@ def test_hits_misses_eviction_and_restart(
     figures = c.figures()
     assert (figures["hits"], figures["misses"], figures["gets"]) == (2, 0, 0)
 
+    # a data file truncated while no daemon runs is found at start, by its size
+    assert c.mount.stop() == 0
+    os.truncate(next(c.cache_dir.rglob(f"sha256-{digest[2]}")), MiB)
+    c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", size)
+    assert c.figures()["verification_failures"] == 1 and c.figures()["entries"] == 1
+    assert uncached_read(c.mount.path / rels[2]) == blobs[2]
+    assert (c.figures()["misses"], c.figures()["entries"]) == (1, 2)
+
 
 def test_damaged_files_are_detected_and_read_from_s3(
     moto: S3Server, mount_factory: MountFactory, tmp_path: Path
