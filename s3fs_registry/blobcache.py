@@ -79,6 +79,8 @@ CHUNK = 1024 * 1024  # unit of the CRC checks and of cache reads
 BLOCK = 4096
 WAIT_AHEAD = 64 * 1024 * 1024  # a reader this far past the fill waits for it
 KEPT_CHUNKS = 2  # verified chunks an open reader keeps (reads arrive slightly out of order)
+RECENT_CHUNKS = 8  # chunks a fill keeps in memory for the readers that follow it
+FILL_STEP = 4 * CHUNK  # what a fill asks the read path for at a time
 DISK_THREADS = 8
 IDENTITY = "IDENTITY"
 SIDECAR = ".crc"
@@ -126,7 +128,10 @@ class Blob:
     filling: bool = False
     dropped: bool = False
     users: int = 0
+    available: int = 0  # bytes readers can have: written, or in `recent` while a fill runs
     progress: trio.Event = field(default_factory=trio.Event)
+    #: the chunks a fill wrote last, kept in memory for the readers that follow it
+    recent: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
 
     @property
     def filled(self) -> int:
@@ -161,6 +166,7 @@ class BlobCache:
         tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.root = os.path.join(directory, tag)
         self.used = 0  # cost of the entries, reservations of fills included
+        self.fills = 0  # fills running
         self.stats = Stats()
         self._blobs: OrderedDict[str, Blob] = OrderedDict()  # least recently used first
         self._limiter = trio.CapacityLimiter(DISK_THREADS)
@@ -300,6 +306,7 @@ class BlobCache:
             return None
         blob = Blob(name, rel, size, etag, filling=True, users=1)
         self._blobs[name] = blob
+        self.fills += 1
         self.nursery.start_soon(self._fill, blob, make_reader)
         return blob
 
@@ -374,23 +381,41 @@ class BlobCache:
     # -- filling -------------------------------------------------------------------------
 
     async def _fill(self, blob: Blob, make_reader: ReaderFactory) -> None:
+        """Fetch the blob through the read path, step by step; each step is offered to the
+        readers from memory at once, and written (hashed, CRCs taken) while the next one
+        is fetched, so that readers never wait for the disk."""
         path = os.path.join(self.root, blob.name)
         hasher = hashlib.new(blob.name.split("-", 1)[0])
         reader = make_reader()
         fd = -1
+        writing: trio.Event | None = None  # the previous step's write
+        failures: list[Exception] = []
         try:
             fd = await self._disk(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            while blob.filled < blob.size and not blob.dropped:
-                start = blob.filled
-                want = min(CHUNK, blob.size - start)
-                data = await reader.read(start, want)
+            while blob.available < blob.size and not blob.dropped:
+                start = blob.available
+                want = min(FILL_STEP, blob.size - start)
+                data = bytes(await reader.read(start, want))  # kept until written
                 if len(data) != want:
                     raise EOFError(f"S3 returned {len(data)} bytes at {start}, not {want}")
-                crc = await self._disk(_write_chunk, fd, start, data, hasher)
                 if blob.dropped:
                     return
-                blob.crcs.append(crc)
+                for n in range(0, want, CHUNK):
+                    self._keep_recent(blob, (start + n) // CHUNK, data[n : n + CHUNK])
+                blob.available = start + want
                 blob.notify()
+                if writing is not None:
+                    await writing.wait()
+                if failures:
+                    raise failures[0]
+                writing = trio.Event()
+                self.nursery.start_soon(
+                    self._write_step, blob, fd, start, data, hasher, writing, failures
+                )
+            if writing is not None:
+                await writing.wait()
+            if failures:
+                raise failures[0]
             if blob.dropped:
                 return
             if hasher.hexdigest() != blob.name.split("-", 1)[1]:
@@ -407,13 +432,55 @@ class BlobCache:
         except Exception as exc:  # S3 failed (the readers see it themselves): not cached
             log.info("blob cache: %s not filled: %s", blob.rel, exc)
         finally:
+            if writing is not None:
+                with trio.CancelScope(shield=True):
+                    await writing.wait()  # the thread may still use fd
             blob.filling = False
+            self.fills -= 1
+            self._forget_recent(blob)
             reader.close()
             if fd >= 0:
                 os.close(fd)
             if not blob.complete:
                 self._drop(blob)
             blob.notify()
+
+    async def _write_step(
+        self,
+        blob: Blob,
+        fd: int,
+        start: int,
+        data: bytes,
+        hasher: Any,
+        done: trio.Event,
+        failures: list[Exception],
+    ) -> None:
+        try:
+            crcs = await self._disk(_write_chunks, fd, start, data, hasher)
+            blob.crcs.extend(crcs)
+            self._trim_recent(blob)
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            done.set()
+
+    def _keep_recent(self, blob: Blob, index: int, data: bytes) -> None:
+        """Readers that follow the fill take its newest chunks from memory, not from disk;
+        chunks not yet written are always there."""
+        self.pool.force(len(data))
+        blob.recent[index] = data
+
+    def _trim_recent(self, blob: Blob) -> None:
+        written = len(blob.crcs)
+        while len(blob.recent) > RECENT_CHUNKS:
+            index = next(iter(blob.recent))
+            if index >= written:
+                return
+            self.pool.give(len(blob.recent.pop(index)))
+
+    def _forget_recent(self, blob: Blob) -> None:
+        self.pool.give(sum(len(data) for data in blob.recent.values()))
+        blob.recent.clear()
 
     def _write_sidecar(self, blob: Blob) -> None:
         path = os.path.join(self.root, blob.name + SIDECAR)
@@ -426,7 +493,10 @@ class BlobCache:
         self.stats.write_errors += 1
         metrics.BLOB_CACHE_WRITE_ERRORS.inc()
         stored = self.used - cost(blob.size)
-        fitted = stored + blob.filled  # what the directory did take: its real capacity
+        partial = 0
+        with contextlib.suppress(OSError):
+            partial = os.stat(os.path.join(self.root, blob.name)).st_size
+        fitted = stored + _blocks(partial) // 2  # what the directory did take, with a margin
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and fitted < self.limit:
             log.warning(
                 "blob cache %s: %s; the cache now keeps at most %s (what fitted)",
@@ -475,6 +545,7 @@ class BlobCache:
             "limit": self.limit,
             "configured_limit": self.configured_limit,
             "entries": len(self._blobs),
+            "fills": self.fills,
             "hits": self.stats.hits,
             "misses": self.stats.misses,
             "evictions": self.stats.evictions,
@@ -564,8 +635,8 @@ class CachedReader:
 
     async def _from_cache(self, blob: Blob, offset: int, end: int) -> Buffer | None:
         """The bytes [offset, end) from the cache, or None (then S3 serves them)."""
-        while not blob.complete and blob.filled < end and not blob.dropped:
-            if not blob.filling or end - blob.filled > WAIT_AHEAD:
+        while not blob.complete and blob.available < end and not blob.dropped:
+            if not blob.filling or end - blob.available > WAIT_AHEAD:
                 return None
             await blob.progress.wait()
         if blob.dropped or self._closed:
@@ -585,6 +656,9 @@ class CachedReader:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _chunk(self, blob: Blob, index: int) -> bytes | None:
+        recent = blob.recent.get(index)
+        if recent is not None:
+            return recent  # what the fill just received from S3 (and wrote)
         while True:
             kept = self._kept.get(index)
             if kept is not None:
@@ -625,13 +699,15 @@ class CachedReader:
                 self._close_fd()  # detached while this load ran
 
 
-def _write_chunk(fd: int, offset: int, data: Buffer, hasher: Any) -> int:
+def _write_chunks(fd: int, offset: int, data: Buffer, hasher: Any) -> list[int]:
+    """Write `data` at `offset` (a whole number of chunks, or the blob's last bytes), hash
+    it, and return the CRC32 of each chunk."""
     view = memoryview(data)
     written = 0
     while written < len(view):
         written += os.pwrite(fd, view[written:], offset + written)
     hasher.update(view)
-    return zlib.crc32(view)
+    return [zlib.crc32(view[i : i + CHUNK]) for i in range(0, len(view), CHUNK)]
 
 
 def _read_chunk(fd: int, offset: int, length: int) -> tuple[bytes, int]:

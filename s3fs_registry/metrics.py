@@ -389,6 +389,7 @@ class SpoolLike(Protocol):
 class BlobCacheLike(Protocol):
     used: int
     limit: int
+    fills: int
 
     def __len__(self) -> int: ...
 
@@ -446,7 +447,14 @@ class _MountCollector(Collector):
                 value=cache.limit,
             )
             yield GaugeMetricFamily(
-                "s3fs_registry_blob_cache_entries", "Blobs in the local cache", value=len(cache)
+                "s3fs_registry_blob_cache_entries",
+                "Blobs in the local cache (fills in progress included)",
+                value=len(cache),
+            )
+            yield GaugeMetricFamily(
+                "s3fs_registry_blob_cache_fills",
+                "Blobs being fetched into the local cache",
+                value=cache.fills,
             )
 
 

@@ -69,6 +69,17 @@ class Cached:
         got["entries"] = value(samples, "s3fs_registry_blob_cache_entries")
         return got
 
+    def read(self, rel: str) -> bytes:
+        """Read a whole file with the page cache dropped, then wait until the fill it may
+        have started is done (its reader may finish first: it is served from memory)."""
+        data = uncached_read(self.mount.path / rel)
+
+        def idle() -> bool:
+            return value(scrape(self.port), "s3fs_registry_blob_cache_fills") == 0
+
+        assert wait_until(idle, 10)
+        return data
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.cache_dir.rglob("sha256-*") if not p.name.endswith(".crc"))
 
@@ -110,17 +121,16 @@ def test_hits_misses_eviction_and_restart(
     rels = [put_blob(moto, bucket, "reg/", b) for b in blobs]
     size = 7 * MiB  # room for two blobs, not three
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", size)
-    paths = [c.mount.path / r for r in rels]
 
-    assert uncached_read(paths[0]) == blobs[0]
-    assert uncached_read(paths[1]) == blobs[1]
+    assert c.read(rels[0]) == blobs[0]
+    assert c.read(rels[1]) == blobs[1]
     before = c.figures()
     assert (before["misses"], before["hits"], before["entries"]) == (2, 0, 2)
-    assert uncached_read(paths[0]) == blobs[0]  # a hit; blob 1 is now least recently used
+    assert c.read(rels[0]) == blobs[0]  # a hit; blob 1 is now least recently used
     after = c.figures()
     assert (after["hits"], after["gets"]) == (1, before["gets"])
 
-    assert uncached_read(paths[2]) == blobs[2]  # evicts blob 1
+    assert c.read(rels[2]) == blobs[2]  # evicts blob 1
     figures = c.figures()
     assert figures["evictions"] == 1 and figures["entries"] == 2
     assert 0 < figures["size"] <= size
@@ -132,7 +142,7 @@ def test_hits_misses_eviction_and_restart(
     assert c.mount.stop() == 0
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", size)
     for i in (0, 2):
-        assert uncached_read(c.mount.path / rels[i]) == blobs[i]
+        assert c.read(rels[i]) == blobs[i]
     figures = c.figures()
     assert (figures["hits"], figures["misses"], figures["gets"]) == (2, 0, 0)
 
@@ -141,7 +151,7 @@ def test_hits_misses_eviction_and_restart(
     os.truncate(next(c.cache_dir.rglob(f"sha256-{digest[2]}")), MiB)
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", size)
     assert c.figures()["verification_failures"] == 1 and c.figures()["entries"] == 1
-    assert uncached_read(c.mount.path / rels[2]) == blobs[2]
+    assert c.read(rels[2]) == blobs[2]
     assert (c.figures()["misses"], c.figures()["entries"]) == (1, 2)
 
 
@@ -155,7 +165,7 @@ def test_damaged_files_are_detected_and_read_from_s3(
     rels = [put_blob(moto, bucket, "reg/", b) for b in blobs]
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache")
     for rel, blob in zip(rels, blobs, strict=True):
-        assert uncached_read(c.mount.path / rel) == blob
+        assert c.read(rel) == blob
     flipped, truncated = c.files()[0], c.files()[1]
     with open(flipped, "r+b") as f:
         f.seek(MiB + 5)
@@ -165,13 +175,13 @@ def test_damaged_files_are_detected_and_read_from_s3(
     os.truncate(truncated, MiB + 100)
     before = c.figures()
     for rel, blob in zip(rels, blobs, strict=True):
-        assert uncached_read(c.mount.path / rel) == blob
+        assert c.read(rel) == blob
     after = c.figures()
     assert after["verification_failures"] - before["verification_failures"] == 2
     assert after["gets"] > before["gets"]
     for rel, blob in zip(rels, blobs, strict=True):  # filled again, then served whole
-        assert uncached_read(c.mount.path / rel) == blob
-    assert uncached_read(c.mount.path / rels[0]) == blobs[0]
+        assert c.read(rel) == blob
+    assert c.read(rels[0]) == blobs[0]
     assert c.figures()["verification_failures"] == after["verification_failures"]
 
 
@@ -189,12 +199,12 @@ def test_a_blob_whose_bytes_do_not_match_its_digest_is_served_but_not_kept(
     cache_dir = tmp_path / "cache"
     a = cached_mount(mount_factory, moto, bucket, cache_dir, s3={"rootdirectory": "/a"})
     b = cached_mount(mount_factory, moto, bucket, cache_dir, s3={"rootdirectory": "/b"})
-    assert uncached_read(a.mount.path / rel) == real
+    assert a.read(rel) == real
     for _ in range(2):
-        assert uncached_read(b.mount.path / rel) == wrong
+        assert b.read(rel) == wrong
     assert b.figures()["verification_failures"] == 2  # the digest never matched: not kept
     assert b.figures()["entries"] == 0 and b.figures()["hits"] == 0
-    assert uncached_read(a.mount.path / rel) == real
+    assert a.read(rel) == real
     assert a.figures()["hits"] == 1
     subdirs = sorted(p for p in cache_dir.iterdir() if p.is_dir())
     assert len(subdirs) == 2
@@ -213,7 +223,7 @@ def test_gc_on_another_mount_drops_the_blob_within_the_ttl(
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", immutable_ttl="1s")
     other = mount_factory(moto, bucket)
     for rel, blob in zip(rels, blobs, strict=True):
-        assert uncached_read(c.mount.path / rel) == blob
+        assert c.read(rel) == blob
     assert len(c.files()) == 2
     # the registry's garbage collector removes the blob's directory
     subprocess.run(["rm", "-r", str((other.path / rels[0]).parent)], check=True)
@@ -243,11 +253,11 @@ def test_a_full_cache_directory_degrades_to_uncached_reads(
         small_rel = put_blob(moto, bucket, "reg/", small)
         c = cached_mount(mount_factory, moto, bucket, cache_dir)
         for _ in range(2):
-            assert uncached_read(c.mount.path / big_rel) == big
+            assert c.read(big_rel) == big
         figures = c.figures()
         assert figures["write_errors"] == 1 and figures["entries"] == 0
-        assert uncached_read(c.mount.path / small_rel) == small  # fits: kept
-        assert uncached_read(c.mount.path / small_rel) == small
+        assert c.read(small_rel) == small  # fits: kept
+        assert c.read(small_rel) == small
         assert c.figures()["hits"] == 1
         status = subprocess.run(
             [sys.executable, "-m", "s3fs_registry", "status", str(c.mount.path)],
@@ -273,7 +283,7 @@ def test_concurrent_readers_share_one_fill(
     blob, alone = os.urandom(12 * MiB + 5), os.urandom(12 * MiB + 5)
     rel, alone_rel = put_blob(moto, bucket, "reg/", blob), put_blob(moto, bucket, "reg/", alone)
     c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache")
-    assert uncached_read(c.mount.path / alone_rel) == alone
+    assert c.read(alone_rel) == alone
     one_fill = c.figures()["gets"]
     results: list[bytes] = []
 
@@ -296,7 +306,7 @@ def test_concurrent_readers_share_one_fill(
     figures = c.figures()
     assert (figures["entries"], figures["misses"]) == (2, readers + 1)
     assert figures["gets"] == 2 * one_fill
-    assert uncached_read(c.mount.path / rel) == blob
+    assert c.read(rel) == blob
     assert c.figures()["gets"] == figures["gets"]
 
 
@@ -323,7 +333,7 @@ def test_a_cold_blob_does_not_hold_up_a_warm_one(
     cold_hex = cold_rel.split("/")[-2]
     with S3Proxy(moto.endpoint) as proxy:
         c = cached_mount(mount_factory, moto, bucket, tmp_path / "cache", endpoint=proxy.url)
-        assert uncached_read(c.mount.path / warm_rel) == warm
+        assert c.read(warm_rel) == warm
         proxy.add_fault("delay", method="GET", path=f"{cold_hex}/data$", seconds=4, times=1)
         got: list[bytes] = []
         reader = threading.Thread(target=lambda: got.append(read_all(c.mount.path / cold_rel)))
@@ -334,7 +344,7 @@ def test_a_cold_blob_does_not_hold_up_a_warm_one(
                 timeout=10,
             )
             started = time.monotonic()
-            assert uncached_read(c.mount.path / warm_rel) == warm
+            assert uncached_read(c.mount.path / warm_rel) == warm  # (c.read waits for fills)
             assert time.monotonic() - started < 1.5
             assert reader.is_alive()  # the cold read still waits for S3
         finally:
