@@ -658,7 +658,9 @@ class CachedReader:
     async def _chunk(self, blob: Blob, index: int) -> bytes | None:
         recent = blob.recent.get(index)
         if recent is not None:
-            return recent  # what the fill just received from S3 (and wrote)
+            return recent  # what the fill just received from S3
+        if blob.dropped or index >= len(blob.crcs):
+            return None  # the fill failed before writing this chunk: S3 serves it
         while True:
             kept = self._kept.get(index)
             if kept is not None:
