@@ -118,6 +118,8 @@ class MountConfig:
     small_file_size: int = 1 * MiB
     spool_dir: str = ""
     spool_limit: int = 1 * GiB
+    cache_dir: str = ""
+    cache_size: int = 10 * GiB
     uid: int = -1
     gid: int = -1
     file_mode: int = 0o644

@@ -259,6 +259,13 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
     Setting("spool_limit", _size(0), "size >= 0",
             "Bytes of local spool, mount-wide; 0 disables spooling.",
             show=_doc_size),
+    Setting("cache_dir", _string("cache_dir"), "existing writable directory; empty is off",
+            "Local disk cache of blob data (`blobs/**/data`), kept across restarts and "
+            "verified by digest and per-MiB CRC32; each bucket and prefix gets its own "
+            "subdirectory. Empty: no cache.", env="string", show=_doc_plain),
+    Setting("cache_size", _size(0), "size >= 0",
+            "Most disk space the blob cache uses; least recently used blobs are evicted.",
+            show=_doc_size),
     Setting("uid", _owner("user"), "user name, or integer -1 .. 4294967294",
             "Owner of every file and directory. -1: the owner of the mount point directory "
             "before mounting, so the user who owns `/var/lib/docker-registry` (Debian's "
