@@ -299,3 +299,21 @@ async def test_small_pages_cut_anywhere_still_give_exact_answers(
     assert (await walker.resolve(repo, "link")) is not None
     await walk(v2, V2)
     assert await walker.resolve(v2, "nothing") is None
+
+
+def test_blobs_seen_in_a_listing_stay_known_and_new_ones_show(pm: Mount, proxy: S3Proxy) -> None:
+    """Blobs are trusted for immutable_ttl once seen, also through the listing that showed
+    them: stat'ing one a listing showed costs nothing after metadata_ttl. A blob pushed
+    elsewhere after that listing is found all the same: absence is asked again."""
+    put_all(pm, repo_keys("ns/a", ["v1", "v2"]))
+    blobs = pm.path / V2 / "blobs/sha256"
+    second = _hex("ns/a:v2")
+    assert len(os.listdir(blobs)) == 3  # the subtree of blobs/sha256 is listed
+    time.sleep(TTL + 0.1)
+    proxy.reset_counts()
+    assert (blobs / second[:2] / second / "data").stat().st_size == 2
+    assert requests(proxy) == 0, "shown by the listing of blobs/sha256"
+    put_all(pm, repo_keys("ns/b", ["v1"]))  # another replica pushes
+    new = _hex("ns/b:v1")
+    time.sleep(TTL + 0.1)
+    assert (blobs / new[:2] / new / "data").stat().st_size == 2

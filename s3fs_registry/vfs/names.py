@@ -144,6 +144,9 @@ class Names:
             listing = self.ns.listing_of(parent)
             if listing is not None and listing.covers(name):
                 return listing.entries.get(name), listing.fetched
+            known = self.ns.present_long(parent, name, rel)
+            if known is not None:
+                return known
             seen = self.ns.prefetched_dir(rel)
             if seen is not None:
                 return Entry(True, 0, self.dir_mtime), seen
