@@ -110,6 +110,35 @@ def _push_pull(
             shutil.rmtree(dest, ignore_errors=True)
 
 
+def w17_warm_pull(ctx: Ctx, system: str, out: list[Sample]) -> None:
+    """(17) the ~1 GiB image pushed (not sampled), pulled cold (17cold), then pulled again
+    from a fresh mount and registry with the page cache dropped (17warm): what the blob
+    cache (system mount-cache) keeps across mounts, with the GETs each pull sent."""
+    image = ctx.data.image
+    amount = float(sum(image.layer_sizes))
+    timeout = ctx.sizes.timeout
+    dest = ctx.workdir / f"pulled-{system}"
+
+    def push(reg: Registry) -> object:
+        src = f"oci:{ctx.data.image_dir}"
+        return skopeo_copy(src, f"docker://{reg.netloc}/{REPO_NAME}:v1", timeout=timeout)
+
+    def pull(reg: Registry) -> object:
+        shutil.rmtree(dest, ignore_errors=True)
+        return skopeo_copy(f"docker://{reg.netloc}/{REPO_NAME}:v1", f"dir:{dest}", timeout=timeout)
+
+    with ctx.bucket(system, "17") as bucket:
+        try:
+            with registry_on(ctx, system, bucket, []) as (reg, fs):
+                push(reg)
+                if fs is not None:
+                    fs.settle(timeout)
+            _step(ctx, system, bucket, out, "17cold", pull, amount)
+            _step(ctx, system, bucket, out, "17warm", pull, amount)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+
 def w10_chunked(ctx: Ctx, system: str, out: list[Sample]) -> None:
     """(10) one blob uploaded in equal PATCHes, then PUT ?digest= with an empty body."""
     data = ctx.data.chunked
@@ -139,7 +168,8 @@ def _step(
     """
     wl = name
     mine: list[Sample] = []
-    with registry_on(ctx, system, bucket, mine, cold=name.endswith("pull")) as (reg, fs):
+    cold = name.endswith(("pull", "cold", "warm"))
+    with registry_on(ctx, system, bucket, mine, cold=cold) as (reg, fs):
         assert reg.proc is not None
 
         def step() -> None:

@@ -36,6 +36,8 @@ TITLES: dict[str, str] = {
     "15pull": "(15) registry: skopeo pull of the ~200 MiB image (cold)",
     "9push": "(9) registry: skopeo push of the ~1 GiB image",
     "9pull": "(9) registry: skopeo pull of the ~1 GiB image (cold)",
+    "17cold": "(17) registry: pull of the ~1 GiB image, first (cold)",
+    "17warm": "(17) registry: pull of the ~1 GiB image again (fresh mount, page cache dropped)",
     "10": "(10) registry: chunked upload in PATCHes",
     "11push": "(11) S3 requests of one push of (9)",
     "11pull": "(11) S3 requests of one pull of (9)",
@@ -50,6 +52,7 @@ META_TITLES = {
 }
 SYSTEM_ORDER = [
     "mount",
+    "mount-cache",
     "s3fs",
     "rclone-off",
     "rclone-writes",
@@ -321,14 +324,16 @@ class _Checker:
     def get(self, wl: str, system: str = "mount") -> Row | None:
         return self.rows.get((self.backend, self.link, wl, system))
 
-    def speed(self, wl: str, ref: str, factor: float, name: str) -> Target:
-        return self._compare(wl, ref, factor, name, higher=True)
+    def speed(self, wl: str, ref: str, factor: float, name: str, system: str = "mount") -> Target:
+        return self._compare(wl, ref, factor, name, higher=True, system=system)
 
     def fewer(self, wl: str, factor: float, name: str) -> Target:
         return self._compare(wl, "native", factor, name, higher=False)
 
-    def _compare(self, wl: str, ref: str, factor: float, name: str, *, higher: bool) -> Target:
-        r, other = self.get(wl), self.get(wl, ref)
+    def _compare(
+        self, wl: str, ref: str, factor: float, name: str, *, higher: bool, system: str = "mount"
+    ) -> Target:
+        r, other = self.get(wl, system), self.get(wl, ref)
         if r is None or other is None:  # one side was not run: no target to check
             return Target(self.backend, self.link, name, "skip", "")
         return self.judge(name, ratio(self.rows, r, ref), factor, higher=higher)
@@ -387,6 +392,8 @@ def _link_targets(check: _Checker, rows: dict[Key, Row], backend: str, link: str
         speed("9push", "native", 1.5, "(9) push of the ~1 GiB image >= 1.5x native"),
         speed("14a", "boto3-tm", 0.9, "(14a) write 256 MiB >= 0.9x TransferManager"),
         speed("14b", "boto3-tm", 0.9, "(14b) write 1 GiB >= 0.9x TransferManager"),
+        speed("17warm", "native", 5.0, "(17) warm pull, blob cache >= 5x native", "mount-cache"),
+        speed("17cold", "mount", 0.95, "(17) cold pull, blob cache no slower", "mount-cache"),
     ]
     phases = sorted(
         {r.workload for r in rows.values() if r.backend == backend and r.link == link}

@@ -62,7 +62,7 @@ from bench.context import REFERENCES, Ctx, LocalData, Proxy, reason
 from bench.link import LinkShape
 from bench.proxy import NoProxy, ProxyProcess
 from bench.servers import server as start_server
-from bench.systems import ALL_SYSTEMS, FS_SYSTEMS, Mounter
+from bench.systems import ALL_SYSTEMS, CACHE_SYSTEM, DEFAULT_SYSTEMS, FS_SYSTEMS, Mounter
 from tests.mounts import S3Server
 from tests.registry import make_image, random_layer
 
@@ -105,12 +105,14 @@ GROUPS: dict[int, Group] = {
     ),
     15: Group(_ids("15push", "15pull"), FS_AND_NATIVE, rw.w15_small_image),
     16: Group(lambda z: mw.meta_ids(z.meta_repos), ("mount", "native"), mw.w16_metadata),
+    17: Group(_ids("17cold", "17warm"), ("mount", CACHE_SYSTEM, "native"), rw.w17_warm_pull),
 }
 #: names for sets of workloads; 16 (metadata, minutes per system at N=1000) only on request
 ALIASES: dict[str, list[int]] = {
     "all": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
     "issue11": [2, 8, 9, 13, 14, 15],
     "meta": [16],
+    "cache": [17],
 }
 DEFAULT_LINKS = "0,20/20"
 
@@ -131,7 +133,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--backend", choices=["rgw", "moto", "both"], default="both")
     ap.add_argument(
         "--systems",
-        default=",".join(ALL_SYSTEMS),
+        default=",".join(DEFAULT_SYSTEMS),
         help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}",
     )
     ap.add_argument(

@@ -36,7 +36,12 @@ from bench.common import BenchError, Endpoint, last_line, vm_hwm
 from tests.mounts import Mount, S3Server, free_port
 
 FS_SYSTEMS = ("mount", "s3fs", "rclone-off", "rclone-writes")
-ALL_SYSTEMS = (*FS_SYSTEMS, "boto3", "boto3-tm", "boto3-get", "native")
+#: this mount with its blob cache (`mount.cache_dir`), kept across the mounts of a bucket;
+#: registry workloads only, and only when asked for (not in the default systems)
+CACHE_SYSTEM = "mount-cache"
+CACHE_SIZE = 4 * 1024**3
+DEFAULT_SYSTEMS = (*FS_SYSTEMS, "boto3", "boto3-tm", "boto3-get", "native")
+ALL_SYSTEMS = (*DEFAULT_SYSTEMS, CACHE_SYSTEM)
 
 
 class Mounted:
@@ -101,19 +106,31 @@ class Mounter:
         workdir.mkdir(parents=True, exist_ok=True)
         if system == "mount":
             return self._mount_ours(bucket, workdir)
+        if system == CACHE_SYSTEM:
+            cache = workdir / "blobcache"  # the same for every mount of the bucket
+            cache.mkdir(exist_ok=True)
+            return self._mount_ours(
+                bucket, workdir, {"cache_dir": str(cache), "cache_size": CACHE_SIZE}, system
+            )
         if system == "s3fs":
             return self._mount_s3fs(bucket, workdir)
         if system in ("rclone-off", "rclone-writes"):
             return self._mount_rclone(bucket, workdir, system.split("-", 1)[1])
         raise ValueError(f"{system} is not a file system")
 
-    def _mount_ours(self, bucket: str, workdir: Path) -> Mounted:
+    def _mount_ours(
+        self,
+        bucket: str,
+        workdir: Path,
+        extra: dict[str, Any] | None = None,
+        system: str = "mount",
+    ) -> Mounted:
         mount = Mount(
             workdir,
             self.server,
             bucket,
             s3={"rootdirectory": ""},
-            mount={"log_level": "info", **self.mount_options},
+            mount={"log_level": "info", **self.mount_options, **(extra or {})},
             endpoint=self.endpoint.url,
         )
         try:
@@ -121,7 +138,7 @@ class Mounter:
         except RuntimeError as e:
             raise BenchError(f"mount failed: {last_line(str(e))}") from None
         assert mount.proc is not None
-        return Mounted("mount", mount.path, mount.proc.pid, mount.stop)
+        return Mounted(system, mount.path, mount.proc.pid, mount.stop)
 
     def _mount_s3fs(self, bucket: str, workdir: Path) -> Mounted:
         passwd = workdir / "passwd-s3fs"

@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 
 from s3fs_registry import metrics
+from s3fs_registry.blobcache import BlobCache
 from s3fs_registry.budget import MemoryBudget, SpoolBudget
 from s3fs_registry.check import probe
 from s3fs_registry.cloudfront import CloudFrontFetcher
@@ -43,7 +44,7 @@ from s3fs_registry.errors import (
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
 from s3fs_registry.log import reopen_log_file
-from s3fs_registry.reader import BlobSource, LinkCache, ReadContext
+from s3fs_registry.reader import BlobSource, LinkCache, ReadContext, Streams
 from s3fs_registry.status import Report, serve_status
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
@@ -81,6 +82,12 @@ HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS)
 MiB = 1024 * 1024
 RUNTIME_OVERHEAD = 160 * MiB
 KERNEL_READAHEAD_KIB = 1024
+
+
+def read_streams(read_slots: int) -> int:
+    """Most read-ahead GETs at once: three quarters of the store's read slots, so that
+    lookups, listings and small files never wait behind whole ranges of blob data."""
+    return max(1, read_slots - read_slots // 4)
 
 
 def buffer_budget(memory_budget: int) -> int:
@@ -436,11 +443,15 @@ async def _mount_and_serve(
         mount.read_ahead,
         blobs,
         LinkCache(config.s3.key_prefix()),
-        feeds=trio.CapacityLimiter(store.read_slots),
+        part_size=config.s3.chunksize,
+        streams=Streams(read_streams(store.read_slots)),
     )
-    fs = Filesystem(config, store, writes, reads)
+    cache = await _blob_cache(config)
+    if cache is not None:
+        cache.serve(budget.parts, background)
+    fs = Filesystem(config, store, writes, reads, cache)
     try:
-        await _watch(config, mountpoint, budget, writes.spool, background)
+        await _watch(config, mountpoint, budget, writes.spool, background, cache)
         if mount.janitor:
             janitor = Janitor(
                 store, config.s3.key_prefix(), mount.janitor_age, mount.janitor_interval
@@ -461,9 +472,30 @@ async def _mount_and_serve(
             await writes.drain()  # aborts of failed uploads, so nothing is left behind
         return code
     finally:
+        if cache is not None:
+            log.info("blob cache: %s", cache.report())
+            cache.close()
         if blobs is not None:
             log.info("CloudFront: %s", blobs.fetcher.stats)
             blobs.fetcher.close()
+
+
+async def _blob_cache(config: Config) -> BlobCache | None:
+    """The local blob cache when `mount.cache_dir` is set, its index rebuilt from disk."""
+    mount, s3 = config.mount, config.s3
+    if not mount.cache_dir or mount.cache_size <= 0:
+        return None
+    identity = {
+        "endpoint": s3.endpoint_url() or f"aws:{s3.region}",
+        "bucket": s3.bucket,
+        "prefix": s3.key_prefix(),
+    }
+    cache = BlobCache(mount.cache_dir, mount.cache_size, identity, s3.key_prefix())
+    try:
+        await trio.to_thread.run_sync(cache.load)
+    except OSError as exc:
+        raise StartupError(f"mount.cache_dir {mount.cache_dir}: {exc}", EXIT_CONFIG) from None
+    return cache
 
 
 async def _watch(
@@ -472,12 +504,14 @@ async def _watch(
     budget: MemoryBudget,
     spool: SpoolBudget,
     background: trio.Nursery,
+    cache: BlobCache | None,
 ) -> None:
-    """Metrics of the budgets, and the control socket `s3fs-registry status` asks."""
+    """Metrics of the budgets and the cache, and the control socket `s3fs-registry status` asks."""
     pools = [budget.first, budget.parts]
     info = {"bucket": config.s3.bucket, "prefix": config.s3.key_prefix(), "mountpoint": mountpoint}
-    metrics.watch(pools, spool, info)
-    await background.start(serve_status, Report(config, mountpoint, pools, spool), mountpoint)
+    metrics.watch(pools, spool, info, cache)
+    report = Report(config, mountpoint, pools, spool, cache)
+    await background.start(serve_status, report, mountpoint)
 
 
 async def _serve_mounted(

@@ -101,6 +101,32 @@ WRITTEN_BYTES = Counter(
 S3_READ_BYTES = READ_BYTES.labels("s3")
 CLOUDFRONT_READ_BYTES = READ_BYTES.labels("cloudfront")
 
+# -- the read path -------------------------------------------------------------------------
+
+READ_STREAMS = Gauge(
+    "s3fs_registry_read_streams",
+    "Ranged GETs of file data in flight (read-ahead and reads waiting for their bytes)",
+    registry=REGISTRY,
+)
+READ_STREAM_LIMIT = Gauge(
+    "s3fs_registry_read_stream_limit",
+    "How many read-ahead GETs the mount runs at once, as learnt from what they deliver",
+    registry=REGISTRY,
+)
+READ_RANGES = Counter(
+    "s3fs_registry_read_ranges",
+    "Byte ranges of files fetched: kind=ahead (read-ahead) or needed (a read was waiting)",
+    ["kind"],
+    registry=REGISTRY,
+)
+READ_RANGES_AHEAD = READ_RANGES.labels("ahead")
+READ_RANGES_NEEDED = READ_RANGES.labels("needed")
+READ_AHEAD_UNUSED = Counter(
+    "s3fs_registry_read_ahead_unused_bytes",
+    "Bytes fetched ahead that no read used (the reader seeked away or closed the file)",
+    registry=REGISTRY,
+)
+
 # -- CloudFront ----------------------------------------------------------------------------
 
 CLOUDFRONT_REQUESTS = Counter(
@@ -166,6 +192,38 @@ NEGATIVE_HIT = CACHE_LOOKUPS.labels("negative", "hit")
 NEGATIVE_MISS = CACHE_LOOKUPS.labels("negative", "miss")
 LINKS_HIT = CACHE_LOOKUPS.labels("links", "hit")
 LINKS_MISS = CACHE_LOOKUPS.labels("links", "miss")
+
+BLOB_CACHE_HITS = Counter(
+    "s3fs_registry_blob_cache_hits",
+    "Blob files read whose bytes the local disk cache held whole (one per open file)",
+    registry=REGISTRY,
+)
+BLOB_CACHE_MISSES = Counter(
+    "s3fs_registry_blob_cache_misses",
+    "Blob files read that the local disk cache did not hold whole (one per open file)",
+    registry=REGISTRY,
+)
+BLOB_CACHE_EVICTIONS = Counter(
+    "s3fs_registry_blob_cache_evictions",
+    "Blobs dropped from the local disk cache to make room (least recently used first)",
+    registry=REGISTRY,
+)
+BLOB_CACHE_VERIFY_FAILURES = Counter(
+    "s3fs_registry_blob_cache_verification_failures",
+    "Cached blobs found damaged (a chunk's CRC32, a size) or fills whose digest did not "
+    "match their path; each was dropped and read from S3",
+    registry=REGISTRY,
+)
+BLOB_CACHE_WRITE_ERRORS = Counter(
+    "s3fs_registry_blob_cache_write_errors",
+    "Fills of the local disk cache abandoned on a write error (ENOSPC, EIO, ...)",
+    registry=REGISTRY,
+)
+BLOB_CACHE_SERVED_BYTES = Counter(
+    "s3fs_registry_blob_cache_served_bytes",
+    "Bytes of blob data served from the local disk cache",
+    registry=REGISTRY,
+)
 
 JANITOR_ABORTS = Counter(
     "s3fs_registry_janitor_aborts",
@@ -354,12 +412,23 @@ class SpoolLike(Protocol):
     used: int
 
 
+class BlobCacheLike(Protocol):
+    used: int
+    limit: int
+    fills: int
+
+    def __len__(self) -> int: ...
+
+
 class _MountCollector(Collector):
     """Memory pools, spool and uploads in flight, read from the live objects when scraped."""
 
-    def __init__(self, pools: Sequence[PoolLike], spool: SpoolLike) -> None:
+    def __init__(
+        self, pools: Sequence[PoolLike], spool: SpoolLike, cache: BlobCacheLike | None
+    ) -> None:
         self._pools = pools
         self._spool = spool
+        self._cache = cache
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         used = GaugeMetricFamily(
@@ -391,16 +460,43 @@ class _MountCollector(Collector):
             "Files being written whose content is not all in S3 yet",
             value=len(UPLOADS),
         )
+        cache = self._cache
+        if cache is not None:
+            yield GaugeMetricFamily(
+                "s3fs_registry_blob_cache_size_bytes",
+                "Disk space the local blob cache uses (entries and fills in progress)",
+                value=cache.used,
+            )
+            yield GaugeMetricFamily(
+                "s3fs_registry_blob_cache_limit_bytes",
+                "mount.cache_size, or less after the cache directory ran out of space",
+                value=cache.limit,
+            )
+            yield GaugeMetricFamily(
+                "s3fs_registry_blob_cache_entries",
+                "Blobs in the local cache (fills in progress included)",
+                value=len(cache),
+            )
+            yield GaugeMetricFamily(
+                "s3fs_registry_blob_cache_fills",
+                "Blobs being fetched into the local cache",
+                value=cache.fills,
+            )
 
 
 _watched: list[_MountCollector] = []
 
 
-def watch(pools: Sequence[PoolLike], spool: SpoolLike, info: dict[str, str]) -> None:
-    """Expose the mount's pools and spool, and what the mount is (once per mount)."""
+def watch(
+    pools: Sequence[PoolLike],
+    spool: SpoolLike,
+    info: dict[str, str],
+    cache: BlobCacheLike | None = None,
+) -> None:
+    """Expose the mount's pools, spool and blob cache, and what the mount is (once per mount)."""
     while _watched:
         REGISTRY.unregister(_watched.pop())
-    _watched.append(_MountCollector(pools, spool))
+    _watched.append(_MountCollector(pools, spool, cache))
     REGISTRY.register(_watched[-1])
     MOUNT_INFO.info({"version": __version__, **info})
     START_TIME.set(time.time())

@@ -224,6 +224,8 @@ class Namespace:
         self._next_ino = ROOT_INODE + 1
         self._negative: OrderedDict[str, float] = OrderedDict()
         self.prefetched: OrderedDict[str, Listing] = OrderedDict()
+        #: told of every path found or made absent (the blob cache drops what lay there)
+        self.on_gone: Callable[[str], None] | None = None
 
     # -- names ---------------------------------------------------------------------------
 
@@ -361,6 +363,9 @@ class Namespace:
         return expiry is not None
 
     def set_negative(self, rel: str) -> None:
+        """`rel` does not exist (S3 said so, or this mount removed it)."""
+        if self.on_gone is not None:
+            self.on_gone(rel)
         if self.negative_ttl <= 0:
             return
         self._negative[rel] = self.clock() + self.negative_ttl

@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from s3fs_registry import __version__, metrics
+from s3fs_registry.blobcache import BlobCache
 from s3fs_registry.budget import Pool, SpoolBudget
 from s3fs_registry.config import Config
 
@@ -154,8 +155,14 @@ class Report:
     """What `status` shows, read from the mount's live objects (on the trio thread)."""
 
     def __init__(
-        self, config: Config, mountpoint: str, pools: Sequence[Pool], spool: SpoolBudget
+        self,
+        config: Config,
+        mountpoint: str,
+        pools: Sequence[Pool],
+        spool: SpoolBudget,
+        cache: BlobCache | None = None,
     ) -> None:
+        self._cache = cache
         self._config = config
         self._mountpoint = mountpoint
         self._pools = pools
@@ -186,6 +193,7 @@ class Report:
                 for p in self._pools
             ],
             "spool": {"used": self._spool.used, "limit": self._spool.limit},
+            "blob_cache": self._cache.report() if self._cache is not None else None,
             "requests": {
                 **{str(m): metrics.RECENT.totals(m) for m in WINDOWS},
                 "total": metrics.RECENT.since_start(),
@@ -400,11 +408,22 @@ def _memory_lines(report: dict[str, Any]) -> list[str]:
         f"{p['pool']} {human_size(p['used'])}/{human_size(p['limit'])}" for p in pools
     )
     spool = report["spool"]
-    return [
+    lines = [
         f"memory: {human_size(used)} of {human_size(limit)} in use ({detail}); "
         f"{waiting} writer(s) waiting",
         f"spool: {human_size(spool['used'])} of {human_size(spool['limit'])}",
     ]
+    cache = report.get("blob_cache")
+    if cache is not None:
+        shrunk = " (lowered: disk full)" if cache["limit"] < cache["configured_limit"] else ""
+        lines.append(
+            f"blob cache: {human_size(cache['used'])} of {human_size(cache['limit'])}{shrunk}, "
+            f"{cache['entries']} blobs; {cache['hits']} hits, {cache['misses']} misses, "
+            f"{human_size(cache['served_bytes'])} served, {cache['evictions']} evicted, "
+            f"{cache['verification_failures']} failed verification, "
+            f"{cache['write_errors']} write errors"
+        )
+    return lines
 
 
 def _request_lines(requests: dict[str, Any]) -> list[str]:

@@ -323,6 +323,11 @@ def _check_mount(mount: MountConfig, s3: S3Config, where: Callable[[str], str]) 
             raise _fail(where("spool_dir"), f"{mount.spool_dir} is not a directory")
         if not os.access(mount.spool_dir, os.W_OK | os.X_OK):
             raise _fail(where("spool_dir"), f"{mount.spool_dir} is not writable")
+    if mount.cache_dir and mount.cache_size > 0:
+        if not os.path.isdir(mount.cache_dir):
+            raise _fail(where("cache_dir"), f"{mount.cache_dir} is not a directory")
+        if not os.access(mount.cache_dir, os.W_OK | os.X_OK):
+            raise _fail(where("cache_dir"), f"{mount.cache_dir} is not writable")
 
 
 def spool_directory(mount: MountConfig) -> str:

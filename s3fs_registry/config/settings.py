@@ -248,7 +248,9 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "S3 connection pool size, and the number of worker threads issuing requests.",
             show=_doc_plain),
     Setting("read_ahead", _size(MiB), "size >= 1 MiB",
-            "Largest read-ahead window of one sequentially read file.", show=_doc_size),
+            "Largest read-ahead window of one sequentially read file: the bytes fetched ahead "
+            "of it, as parallel ranged GETs (as many as pay, at most 3/4 of "
+            "`max_connections`/2), within half the memory budget.", show=_doc_size),
     Setting("small_file_size", _size(0, 64 * MiB), "size 0 .. 64 MiB",
             "Files up to this size are fetched whole with one GET.", show=_doc_size),
     Setting("spool_dir", _string("spool_dir"), "existing writable directory",
@@ -256,6 +258,13 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             env="string", show=_doc_plain),
     Setting("spool_limit", _size(0), "size >= 0",
             "Bytes of local spool, mount-wide; 0 disables spooling.",
+            show=_doc_size),
+    Setting("cache_dir", _string("cache_dir"), "existing writable directory; empty is off",
+            "Local disk cache of blob data (`blobs/**/data`), kept across restarts and "
+            "verified by digest and per-MiB CRC32; each bucket and prefix gets its own "
+            "subdirectory. Empty: no cache.", env="string", show=_doc_plain),
+    Setting("cache_size", _size(0), "size >= 0",
+            "Most disk space the blob cache uses; least recently used blobs are evicted.",
             show=_doc_size),
     Setting("uid", _owner("user"), "user name, or integer -1 .. 4294967294",
             "Owner of every file and directory. -1: the owner of the mount point directory "

@@ -15,6 +15,7 @@ between re-reading a node and changing it.
 
 from __future__ import annotations
 
+from s3fs_registry.blobcache import BlobCache
 from s3fs_registry.config import Config
 from s3fs_registry.namespace import Namespace
 from s3fs_registry.reader import ReadContext
@@ -31,14 +32,21 @@ class Filesystem:
     """The mount's namespace and the operations on it, in three parts (module docstring)."""
 
     def __init__(
-        self, config: Config, store: Store, writes: WriteContext, reads: ReadContext
+        self,
+        config: Config,
+        store: Store,
+        writes: WriteContext,
+        reads: ReadContext,
+        cache: BlobCache | None = None,
     ) -> None:
         mount = config.mount
         self.ns = Namespace(
             config.s3.key_prefix(), mount.metadata_ttl, mount.immutable_ttl, mount.negative_ttl
         )
+        if cache is not None:
+            self.ns.on_gone = cache.gone
         self.names = Names(self.ns, store)
         if reads.links is not None:
             self.names.learn = reads.links.learn
-        self.files = Files(self.names, store, writes, reads)
+        self.files = Files(self.names, store, writes, reads, cache)
         self.moves = Moves(self.names, self.files, store, writes, config.s3)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
+from s3fs_registry.blobcache import BlobCache, CachedReader
 from s3fs_registry.errors import FsError, TooLargeError
 from s3fs_registry.namespace import (
     DETERMINISTIC_PATH,
@@ -65,16 +66,22 @@ class Handle:
 
     node: Node
     writable: bool
-    reader: ObjectReader | None = None
+    reader: ObjectReader | CachedReader | None = None
 
 
 class Files:
     """File operations on the namespace; see the module docstring."""
 
     def __init__(
-        self, names: Names, store: Store, writes: WriteContext, reads: ReadContext
+        self,
+        names: Names,
+        store: Store,
+        writes: WriteContext,
+        reads: ReadContext,
+        cache: BlobCache | None = None,
     ) -> None:
         self.names = names
+        self.cache = cache
         self.ns = names.ns
         self.store = store
         self.writes = writes
@@ -173,8 +180,20 @@ class Files:
         if reader is None or reader.key != key or reader.size != node.size:
             if reader is not None:
                 reader.close()
-            reader = handle.reader = ObjectReader(self.reads, key, node.size, node.etag)
+            reader = handle.reader = self._reader(key, node)
         return await reader.read(offset, size)
+
+    def _reader(self, key: str, node: Node) -> ObjectReader | CachedReader:
+        """The read path's reader of the object, behind the blob cache for blob data."""
+        reads, size, etag = self.reads, node.size, node.etag
+
+        def make() -> ObjectReader:
+            return ObjectReader(reads, key, size, etag)
+
+        cache = self.cache
+        if cache is None or node.file is not None or not cache.holds(key):
+            return make()
+        return CachedReader(cache, key, size, etag, make)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handle(fh)
