@@ -259,6 +259,7 @@ async def test_small_pages_cut_anywhere_still_give_exact_answers(
     monkeypatch.setattr(names, "PROBE_KEYS", 7)
     monkeypatch.setattr(names, "PAGE_KEYS", 7)
     monkeypatch.setattr(names, "SUBTREE_PAGES", 2)
+    monkeypatch.setattr(names, "SPAN_ENTRIES", 2)
     bucket = s3.new_bucket()
     config = parse_config({"storage": {"s3": s3_config(s3, bucket)}}, {})
     store = Store(config.s3, config.mount)
@@ -299,6 +300,22 @@ async def test_small_pages_cut_anywhere_still_give_exact_answers(
     assert (await walker.resolve(repo, "link")) is not None
     await walk(v2, V2)
     assert await walker.resolve(v2, "nothing") is None
+
+    # lookups alone, as the registry's walks make them, on a cold namespace: every name
+    # of every directory in order, then one absent name per directory
+    ns = Namespace("reg/", metadata_ttl=60.0, immutable_ttl=300.0, negative_ttl=60.0)
+    walker = names.Names(ns, store)
+    for rel in sorted(tree):
+        node = ns.root
+        for name in rel.split("/") if rel else []:
+            found = await walker.resolve(node, name)
+            assert found is not None and found.is_dir, rel
+            node = found
+        for name in sorted(tree[rel]):
+            found = await walker.resolve(node, name)
+            path = f"{rel}/{name}" if rel else name
+            assert found is not None and found.is_dir == (path in tree), path
+        assert await walker.resolve(node, "zz-absent") is None, rel
 
 
 def test_blobs_seen_in_a_listing_stay_known_and_new_ones_show(pm: Mount, proxy: S3Proxy) -> None:
