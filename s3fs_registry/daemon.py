@@ -44,7 +44,7 @@ from s3fs_registry.errors import (
 from s3fs_registry.fs import S3Operations
 from s3fs_registry.janitor import Janitor
 from s3fs_registry.log import reopen_log_file
-from s3fs_registry.reader import BlobSource, LinkCache, ReadContext
+from s3fs_registry.reader import BlobSource, LinkCache, ReadContext, Streams
 from s3fs_registry.status import Report, serve_status
 from s3fs_registry.store import Store
 from s3fs_registry.vfs import Filesystem
@@ -82,6 +82,12 @@ HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS)
 MiB = 1024 * 1024
 RUNTIME_OVERHEAD = 160 * MiB
 KERNEL_READAHEAD_KIB = 1024
+
+
+def read_streams(read_slots: int) -> int:
+    """Most read-ahead GETs at once: three quarters of the store's read slots, so that
+    lookups, listings and small files never wait behind whole ranges of blob data."""
+    return max(1, read_slots - read_slots // 4)
 
 
 def buffer_budget(memory_budget: int) -> int:
@@ -437,7 +443,8 @@ async def _mount_and_serve(
         mount.read_ahead,
         blobs,
         LinkCache(config.s3.key_prefix()),
-        feeds=trio.CapacityLimiter(store.read_slots),
+        part_size=config.s3.chunksize,
+        streams=Streams(read_streams(store.read_slots)),
     )
     cache = await _blob_cache(config)
     if cache is not None:

@@ -101,6 +101,32 @@ WRITTEN_BYTES = Counter(
 S3_READ_BYTES = READ_BYTES.labels("s3")
 CLOUDFRONT_READ_BYTES = READ_BYTES.labels("cloudfront")
 
+# -- the read path -------------------------------------------------------------------------
+
+READ_STREAMS = Gauge(
+    "s3fs_registry_read_streams",
+    "Ranged GETs of file data in flight (read-ahead and reads waiting for their bytes)",
+    registry=REGISTRY,
+)
+READ_STREAM_LIMIT = Gauge(
+    "s3fs_registry_read_stream_limit",
+    "How many read-ahead GETs the mount runs at once, as learnt from what they deliver",
+    registry=REGISTRY,
+)
+READ_RANGES = Counter(
+    "s3fs_registry_read_ranges",
+    "Byte ranges of files fetched: kind=ahead (read-ahead) or needed (a read was waiting)",
+    ["kind"],
+    registry=REGISTRY,
+)
+READ_RANGES_AHEAD = READ_RANGES.labels("ahead")
+READ_RANGES_NEEDED = READ_RANGES.labels("needed")
+READ_AHEAD_UNUSED = Counter(
+    "s3fs_registry_read_ahead_unused_bytes",
+    "Bytes fetched ahead that no read used (the reader seeked away or closed the file)",
+    registry=REGISTRY,
+)
+
 # -- CloudFront ----------------------------------------------------------------------------
 
 CLOUDFRONT_REQUESTS = Counter(

@@ -140,21 +140,6 @@ class PendingUpload:
     initiated: float
 
 
-@dataclass
-class Stream:
-    """An open GET response body; `position` is the offset of its next byte."""
-
-    key: str
-    body: Any
-    position: int
-    total_size: int
-    etag: str
-
-    def close(self) -> None:
-        """Drop the connection (an unread rest of the body is not worth draining)."""
-        self.body.close()
-
-
 @dataclass(frozen=True)
 class GetResult:
     """Bytes of a GET, with the object's total size and ETag from the response."""
@@ -692,26 +677,6 @@ class Store:
 
         return await self._call("GetObject", key, work)
 
-    async def open_stream(self, key: str, start: int, if_match: str = "") -> Stream | None:
-        """Start an open-ended GET at `start` whose body is read in pieces (`read_stream`).
-
-        One request serves a whole sequential read, as the registry's own driver does;
-        None when `start` is at or past the end. The response is checked like `get`.
-        """
-
-        def work() -> Stream | None:
-            resp = self._get_object(key, f"bytes={start}-", if_match)
-            if resp is None:
-                return None
-            try:
-                total = _checked_stream(key, resp, start)
-            except IntegrityError:
-                resp["Body"].close()
-                raise
-            return Stream(key, resp["Body"], start, total, str(resp.get("ETag", "")))
-
-        return await self._call("GetObject", key, work)
-
     def _get_object(self, key: str, wanted: str | None, if_match: str) -> dict[str, Any] | None:
         """GetObject (in a worker thread); None when the range starts past the end, which
         S3 answers with 416 InvalidRange."""
@@ -727,31 +692,6 @@ class Store:
                 return None
             raise
         return resp
-
-    async def read_stream(self, stream: Stream, size: int) -> bytes:
-        """The next `size` bytes of `stream` (fewer only at the end of the object)."""
-
-        def work() -> bytes:
-            data: bytes = stream.body.read(size)
-            return data
-
-        try:
-            data = await trio.to_thread.run_sync(work, limiter=self._read_limiter)
-        except BaseException as raw:
-            if isinstance(raw, trio.Cancelled | KeyboardInterrupt):
-                raise
-            raise translate_error(raw, "GetObject", stream.key) from raw
-        expected = min(size, stream.total_size - stream.position)
-        if len(data) != expected:  # a body cut short is not the end of the object
-            raise _bad_get(
-                stream.key,
-                f"GetObject {stream.key}: {len(data)} bytes at {stream.position}, expected "
-                f"{expected} of {stream.total_size}",
-                "ShortBody",
-            )
-        stream.position += len(data)
-        metrics.S3_READ_BYTES.inc(len(data))
-        return data
 
     # -- writing -------------------------------------------------------------------------
 
@@ -985,31 +925,6 @@ class Store:
             return str(resp.get("LocationConstraint") or "us-east-1")
 
         return await self._call("GetBucketLocation", "", work)
-
-
-def _checked_stream(key: str, resp: dict[str, Any], start: int) -> int:
-    """The object's size from an open-ended ranged GET, after checking status and range."""
-    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    length = int(resp.get("ContentLength", -1))
-    match = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange", "")))
-    if status == 200 and start == 0 and match is None:
-        return length  # the server ignored the range and sends everything
-    if status != 206 or match is None or int(match[1]) != start:
-        raise _bad_get(
-            key,
-            f"GetObject {key}: status {status}, Content-Range {resp.get('ContentRange')!r} "
-            f"for bytes={start}-",
-            "BadRange",
-        )
-    total = int(match[3]) if match[3] != "*" else int(match[2]) + 1
-    if int(match[2]) != total - 1 or length != total - start:
-        raise _bad_get(
-            key,
-            f"GetObject {key}: bytes {match[1]}-{match[2]}/{match[3]} with "
-            f"Content-Length {length} for bytes={start}-",
-            "BadRange",
-        )
-    return total
 
 
 def _checked_get(

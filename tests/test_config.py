@@ -98,7 +98,7 @@ def test_mount_defaults() -> None:
     got = parse(s3_doc()).mount
     assert got == MountConfig()
     assert (got.metadata_ttl, got.immutable_ttl, got.negative_ttl) == (1.0, 300.0, 1.0)
-    assert (got.memory_budget, got.max_connections, got.read_ahead) == (512 * MiB, 32, 64 * MiB)
+    assert (got.memory_budget, got.max_connections, got.read_ahead) == (512 * MiB, 32, 128 * MiB)
     assert (got.small_file_size, got.spool_dir, got.spool_limit) == (MiB, "", GiB)
     assert (got.uid, got.gid, got.file_mode, got.dir_mode) == (-1, -1, 0o644, 0o755)
     assert (got.allow_other, got.log_level, got.log_file) == (None, "info", "")

@@ -493,3 +493,51 @@ def test_mount_options_are_sorted_by_who_takes_them() -> None:
     }
     with pytest.raises(errors.ConfigError, match="'lazytime' is not known"):
         mounthelper.parse_options(["lazytime"])
+
+
+def _stream_model(
+    per_connection: float, total: float, rtt: float, readers: int, seconds: float = 8.0
+) -> tuple[int, list[float]]:
+    """`Streams` driving greedy sequential readers of 10 MiB ranges over a modelled link:
+    each GET waits one round trip, then moves at min(per-connection cap, total / GETs
+    moving). Returns the limit reached and each reader's MiB/s."""
+    from s3fs_registry.reader.streams import Streams
+
+    now = [0.0]
+    streams = Streams(12, clock=lambda: now[0])
+    gets: list[list[Any]] = []  # [reader, bytes left, ticket, latency left]
+    got = [0.0] * readers
+
+    def pump(reader: int) -> None:
+        while (ticket := streams.start(reader, lambda: pump(reader))) is not None:
+            gets.append([reader, 10 * MiB, ticket, rtt])
+
+    for reader in range(readers):
+        pump(reader)
+    step = 0.001
+    while now[0] < seconds:
+        moving = sum(1 for g in gets if g[3] <= 0)
+        rate = min(per_connection, total / max(1, moving))
+        for g in gets:
+            if g[3] > 0:
+                g[3] -= step
+            else:
+                g[1] -= rate * step
+        now[0] += step
+        for g in [g for g in gets if g[1] <= 0]:
+            gets.remove(g)
+            got[g[0]] += 10 * MiB
+            streams.done(g[2], 10 * MiB)
+            pump(g[0])
+    return streams.limit, [n / seconds / MiB for n in got]
+
+
+def test_read_streams_grow_where_each_connection_is_capped_and_not_on_loopback() -> None:
+    infinite = float(1 << 50)
+    limit, rates = _stream_model(20 * MiB, infinite, 0.02, readers=1)  # 20 ms, 20 MiB/s
+    assert limit == 12 and rates[0] > 150, (limit, rates)
+    limit, rates = _stream_model(infinite, 600 * MiB, 0.002, readers=1)  # one CPU's worth
+    assert limit <= 2 and rates[0] > 450, (limit, rates)
+    limit, rates = _stream_model(20 * MiB, infinite, 0.02, readers=4)
+    assert limit == 12 and sum(rates) > 150, (limit, rates)
+    assert max(rates) - min(rates) <= 0.25 * max(rates), f"unfair: {rates}"

@@ -114,7 +114,7 @@ class MountConfig:
     negative_ttl: float = 1.0
     memory_budget: int = 512 * MiB
     max_connections: int = 32
-    read_ahead: int = 64 * MiB
+    read_ahead: int = 128 * MiB
     small_file_size: int = 1 * MiB
     spool_dir: str = ""
     spool_limit: int = 1 * GiB

@@ -248,7 +248,9 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "S3 connection pool size, and the number of worker threads issuing requests.",
             show=_doc_plain),
     Setting("read_ahead", _size(MiB), "size >= 1 MiB",
-            "Largest read-ahead window of one sequentially read file.", show=_doc_size),
+            "Largest read-ahead window of one sequentially read file: the bytes fetched ahead "
+            "of it, as parallel ranged GETs (as many as pay, at most 3/4 of "
+            "`max_connections`/2), within half the memory budget.", show=_doc_size),
     Setting("small_file_size", _size(0, 64 * MiB), "size 0 .. 64 MiB",
             "Files up to this size are fetched whole with one GET.", show=_doc_size),
     Setting("spool_dir", _string("spool_dir"), "existing writable directory",

@@ -46,5 +46,7 @@ class Filesystem:
         if cache is not None:
             self.ns.on_gone = cache.gone
         self.names = Names(self.ns, store)
+        if reads.links is not None:
+            self.names.learn = reads.links.learn
         self.files = Files(self.names, store, writes, reads, cache)
         self.moves = Moves(self.names, self.files, store, writes, config.s3)

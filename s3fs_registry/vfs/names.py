@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page is remembered
 SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
+PAGE_KEYS = 1000  # keys per page of a subtree scan (S3's most)
 PROBE_KEYS = 1000  # keys a lookup's listing brings back (from the name and below it)
+#: the registry's top directories: a lookup needs only their existence (one key shows it),
+#: and the first page of their subtree is blobs, which a lookup of them cannot use
+SKELETON_TOP = frozenset({"docker", "docker/registry", "docker/registry/v2"})
 FILE = Entry(False)
 
 
@@ -68,6 +72,8 @@ class Names:
         self.store = store
         self.dir_mtime = time.time()
         self._probes: dict[str, _Probe] = {}
+        #: told every key a listing shows (the link cache learns the digests they name)
+        self.learn: Callable[[Iterable[str]], None] | None = None
 
     def attr(self, node: Node) -> Attr:
         rel = self.ns.rel(node)
@@ -175,17 +181,19 @@ class Names:
         A directory wins over a file of the same name. When siblings fill the page before
         `key/`, the answer comes from a listing with delimiter "/" (`_probe_delimited`).
         """
-        if UPLOAD_DATA.match(key[len(self.ns.prefix) :]):
+        rel = key[len(self.ns.prefix) :]
+        if UPLOAD_DATA.match(rel):
             pending = await self.pending_entry(key)  # first: as the S3 driver, 2 requests
             if pending is not None:
                 return pending
-        page = await self.store.list_page(key, delimiter="", max_keys=PROBE_KEYS)
+        keys = 1 if rel in SKELETON_TOP else PROBE_KEYS
+        page = await self.store.list_page(key, delimiter="", max_keys=keys)
         below = [o for o in page.objects if o.key.startswith(key + "/")]
         last = page.objects[-1].key if page.objects else ""
         truncated = page.next_token is not None
         if below:
             cut = truncated and last.startswith(key + "/")
-            self._keep_subtree(key[len(self.ns.prefix) :], key + "/", below, cut)
+            self._keep_subtree(rel, key + "/", below, cut)
             return Entry(True, 0, self.dir_mtime)
         if truncated and last < key + "/":
             return await self._probe_delimited(key)
@@ -200,17 +208,7 @@ class Names:
         holding its last key are known only up to that key (`Listing.upto`)."""
         listings = self._subtree_listings(base, prefix, objects)
         if cut:
-            last = objects[-1].key[len(prefix) :]
-            where, rest = base, last
-            while True:
-                listing = listings.get(where)
-                if listing is None:
-                    break
-                listing.upto = rest
-                name, slash, rest = rest.partition("/")
-                if not slash:
-                    break
-                where = f"{where}/{name}" if where else name
+            _cut_at(listings, base, objects[-1].key[len(prefix) :])
         self._keep(listings)
 
     def _keep(self, listings: dict[str, Listing]) -> None:
@@ -345,10 +343,16 @@ class Names:
         """
         now = self.ns.clock()
         root = self._scan_root(node, now)
+        memory = now + BIG_DIR_MEMORY * self.ns.metadata_ttl
         if root.subtree_big_until > now or UPLOAD_DIR.match(self.ns.rel(node)):
             return await self._fetch_listing(node)  # (an upload's data may be kept open)
+        parent = node.parent
+        if root is node and parent is not None and parent.subtree_big_until > now:
+            own = await self._fetch_span(node, parent)
+            if own is not None:
+                node.subtree_ok_until = memory
+                return own
         listings = await self._fetch_subtree(root)
-        memory = now + BIG_DIR_MEMORY * self.ns.metadata_ttl
         if listings is None:
             root.subtree_big_until, root.subtree_ok_until = memory, 0.0
             return await self._fetch_listing(node)
@@ -368,23 +372,50 @@ class Names:
         return root
 
     async def _fetch_subtree(self, root: Node) -> dict[str, Listing] | None:
-        """Listings of `root` and every directory below it, or None beyond SUBTREE_PAGES."""
+        """Listings of `root` and every directory below it, or None beyond SUBTREE_PAGES
+        (then the listings of the directories those pages showed whole are kept)."""
         prefix = self.ns.dir_prefix(root)
         objects: list[ObjectInfo] = []
         token: str | None = None
         for _ in range(SUBTREE_PAGES):
-            page = await self.store.list_page(prefix, delimiter="", token=token)
+            page = await self.store.list_page(prefix, delimiter="", token=token, max_keys=PAGE_KEYS)
             objects.extend(page.objects)
             token = page.next_token
             if token is None:
                 return self._subtree_listings(self.ns.rel(root), prefix, objects)
+        if objects:
+            self._keep_subtree(self.ns.rel(root), prefix, objects, cut=True)
         return None
+
+    async def _fetch_span(self, node: Node, parent: Node) -> Listing | None:
+        """The listing of `node`, a directory in a parent too big to list whole, from one
+        page of the parent's keys that starts at `node`: a walk (the registry's catalog,
+        garbage collection) visits the siblings in order, and the page holds the listings
+        of the next ones too. None when the page does not hold all of `node`."""
+        prefix, key = self.ns.dir_prefix(parent), self.ns.key(node)
+        page = await self.store.list_page(
+            prefix, delimiter="", max_keys=PROBE_KEYS, start_after=key
+        )
+        base, rel = self.ns.rel(parent), self.ns.rel(node)
+        listings = self._subtree_listings(base, prefix, page.objects)
+        listings.pop(base, None)  # the parent's: this page starts in its middle
+        cut = page.next_token is not None
+        if cut:
+            _cut_at(listings, base, page.objects[-1].key[len(prefix) :])
+        own = listings.pop(rel, None)
+        self._keep(listings)
+        if own is None:  # nothing under `node`, unless siblings like `node-x` filled the page
+            last = page.objects[-1].key if page.objects else ""
+            return None if cut and last < key + "/" else Listing({}, self.ns.clock())
+        return own if own.complete else None
 
     def _subtree_listings(
         self, base: str, prefix: str, objects: list[ObjectInfo]
     ) -> dict[str, Listing]:
         fetched = self.ns.clock()
         listings: dict[str, Listing] = {base: Listing({}, fetched)}
+        if self.learn is not None:
+            self.learn(o.key for o in objects)
         for obj in objects:
             *dirs, last = obj.key[len(prefix) :].split("/")
             where = base
@@ -424,6 +455,8 @@ class Names:
 
     def _listing_of(self, prefix: str, objects: list[ObjectInfo], prefixes: list[str]) -> Listing:
         entries: dict[str, Entry] = {}
+        if self.learn is not None:
+            self.learn(o.key for o in objects)
         for obj in objects:
             name = obj.key[len(prefix) :]
             if _listable(name):
@@ -442,6 +475,20 @@ class Names:
         if node is not None and (node.local or node.file is not None):
             return node
         return self.ns.attach(parent, name, entry)
+
+
+def _cut_at(listings: dict[str, Listing], base: str, last: str) -> None:
+    """The page that made `listings` stopped at `last` (a key relative to `base`'s prefix):
+    the directories holding it are known only up to it."""
+    where, rest = base, last
+    while True:
+        listing = listings.get(where)
+        if listing is not None:
+            listing.upto = rest
+        name, slash, rest = rest.partition("/")
+        if not slash:
+            return
+        where = f"{where}/{name}" if where else name
 
 
 def _listable(name: str) -> bool:
