@@ -107,8 +107,9 @@ class Mounter:
         if system == "mount":
             return self._mount_ours(bucket, workdir)
         if system == CACHE_SYSTEM:
-            cache = workdir / "blobcache"  # the same for every mount of the bucket
-            cache.mkdir(exist_ok=True)
+            # the same for every mount of the bucket; `--mount-opt cache_dir=D` puts it in D
+            cache = Path(self.mount_options.get("cache_dir") or workdir) / workdir.name
+            cache.mkdir(parents=True, exist_ok=True)
             return self._mount_ours(
                 bucket, workdir, {"cache_dir": str(cache), "cache_size": CACHE_SIZE}, system
             )
@@ -125,12 +126,14 @@ class Mounter:
         extra: dict[str, Any] | None = None,
         system: str = "mount",
     ) -> Mounted:
+        # `--mount-opt cache_dir=D` says where mount-cache keeps its caches, for it only
+        options = {k: v for k, v in self.mount_options.items() if k != "cache_dir"}
         mount = Mount(
             workdir,
             self.server,
             bucket,
             s3={"rootdirectory": ""},
-            mount={"log_level": "info", **self.mount_options, **(extra or {})},
+            mount={"log_level": "info", **options, **(extra or {})},
             endpoint=self.endpoint.url,
         )
         try:

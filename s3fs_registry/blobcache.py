@@ -131,7 +131,7 @@ class Blob:
     available: int = 0  # bytes readers can have: written, or in `recent` while a fill runs
     progress: trio.Event = field(default_factory=trio.Event)
     #: the chunks a fill wrote last, kept in memory for the readers that follow it
-    recent: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    recent: OrderedDict[int, memoryview] = field(default_factory=OrderedDict)
 
     @property
     def filled(self) -> int:
@@ -400,8 +400,9 @@ class BlobCache:
                     raise EOFError(f"S3 returned {len(data)} bytes at {start}, not {want}")
                 if blob.dropped:
                     return
+                view = memoryview(data)  # chunks share the step's bytes: no copy
                 for n in range(0, want, CHUNK):
-                    self._keep_recent(blob, (start + n) // CHUNK, data[n : n + CHUNK])
+                    self._keep_recent(blob, (start + n) // CHUNK, view[n : n + CHUNK])
                 blob.available = start + want
                 blob.notify()
                 if writing is not None:
@@ -464,7 +465,7 @@ class BlobCache:
         finally:
             done.set()
 
-    def _keep_recent(self, blob: Blob, index: int, data: bytes) -> None:
+    def _keep_recent(self, blob: Blob, index: int, data: memoryview) -> None:
         """Readers that follow the fill take its newest chunks from memory, not from disk;
         chunks not yet written are always there."""
         self.pool.force(len(data))
@@ -655,7 +656,7 @@ class CachedReader:
             pieces.append(memoryview(data)[lo:hi])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def _chunk(self, blob: Blob, index: int) -> bytes | None:
+    async def _chunk(self, blob: Blob, index: int) -> Buffer | None:
         recent = blob.recent.get(index)
         if recent is not None:
             return recent  # what the fill just received from S3

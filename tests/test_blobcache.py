@@ -352,3 +352,34 @@ def test_a_cold_blob_does_not_hold_up_a_warm_one(
         assert got == [cold]
         assert c.figures()["hits"] == 1
         assert c.mount.stop() == 0
+
+
+def test_a_failed_fill_keeps_nothing(
+    moto: S3Server, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """S3 fails the blob's GETs beyond the retries: the reader gets S3's bytes or S3's
+    error (EIO), never a partial copy; nothing is kept, and the next read fills it."""
+    bucket = moto.new_bucket()
+    blob = os.urandom(24 * MiB)
+    rel = put_blob(moto, bucket, "reg/", blob)
+    hexdigest = rel.split("/")[-2]
+    with S3Proxy(moto.endpoint) as proxy:
+        c = cached_mount(
+            mount_factory,
+            moto,
+            bucket,
+            tmp_path / "cache",
+            endpoint=proxy.url,
+            retry_attempts=2,
+            retry_time="2s",
+        )
+        proxy.add_fault("internal", method="GET", path=f"{hexdigest}/data$", times=6)
+        try:
+            assert c.read(rel) == blob
+        except OSError as exc:
+            assert exc.errno == errno.EIO  # S3 failed this reader's GETs too
+        assert c.figures()["entries"] == 0 and c.files() == []
+        assert c.read(rel) == blob  # the faults are spent: filled whole
+        assert [p.name for p in c.files()] == [f"sha256-{hexdigest}"]
+        assert c.read(rel) == blob and c.figures()["hits"] == 1
+        assert c.mount.stop() == 0

@@ -264,7 +264,8 @@ MOUNT_SETTINGS: tuple[Setting, ...] = (
             "verified by digest and per-MiB CRC32; each bucket and prefix gets its own "
             "subdirectory. Empty: no cache.", env="string", show=_doc_plain),
     Setting("cache_size", _size(0), "size >= 0",
-            "Most disk space the blob cache uses; least recently used blobs are evicted.",
+            "Most disk space the blob cache uses (per mount); least recently used blobs are "
+            "evicted. 0: no cache.",
             show=_doc_size),
     Setting("uid", _owner("user"), "user name, or integer -1 .. 4294967294",
             "Owner of every file and directory. -1: the owner of the mount point directory "
