@@ -311,7 +311,20 @@ class Namespace:
             fresh = kept is not None and now - kept.fetched < self.metadata_ttl
             if fresh and kept is not None and _better(kept, listing):
                 node.listing = listing = kept
+            elif kept is not None and (node.listing is None or node.listing.fetched < kept.fetched):
+                node.listing = kept  # stale, but what it shows of blobs still holds (below)
         return listing
+
+    def present_long(self, parent: Node, name: str, rel: str) -> tuple[Entry, float] | None:
+        """A blob (or its directory) that the directory's last listing showed, while that
+        listing is younger than `immutable_ttl`: a blob once seen stays trusted as long as
+        its own attributes would be. Only presence: absence is asked again after
+        `metadata_ttl`, since another replica may push the blob meanwhile."""
+        listing, ttl = parent.listing, self.ttl(rel)
+        if listing is None or ttl <= self.metadata_ttl or self.clock() - listing.fetched >= ttl:
+            return None
+        entry = listing.entries.get(name)
+        return None if entry is None else (entry, listing.fetched)
 
     def prefetched_dir(self, rel: str) -> float | None:
         """When a kept subtree listing last showed `rel` as a directory (some key under it),

@@ -259,6 +259,7 @@ async def test_small_pages_cut_anywhere_still_give_exact_answers(
     monkeypatch.setattr(names, "PROBE_KEYS", 7)
     monkeypatch.setattr(names, "PAGE_KEYS", 7)
     monkeypatch.setattr(names, "SUBTREE_PAGES", 2)
+    monkeypatch.setattr(names, "SPAN_ENTRIES", 2)
     bucket = s3.new_bucket()
     config = parse_config({"storage": {"s3": s3_config(s3, bucket)}}, {})
     store = Store(config.s3, config.mount)
@@ -299,3 +300,38 @@ async def test_small_pages_cut_anywhere_still_give_exact_answers(
     assert (await walker.resolve(repo, "link")) is not None
     await walk(v2, V2)
     assert await walker.resolve(v2, "nothing") is None
+
+    # lookups alone, as the registry's walks make them, on a cold namespace whose
+    # listings are stale at once (every lookup asks S3; spans over siblings are taken):
+    # every name of every directory in order, then one absent name per directory
+    ns = Namespace("reg/", metadata_ttl=0.0, immutable_ttl=0.0, negative_ttl=60.0)
+    walker = names.Names(ns, store)
+    for rel in sorted(r for r in tree if r.count("/") <= 5):  # down to each repository
+        node = ns.root
+        for name in rel.split("/") if rel else []:
+            found = await walker.resolve(node, name)
+            assert found is not None and found.is_dir, rel
+            node = found
+        for name in sorted(tree[rel]):
+            found = await walker.resolve(node, name)
+            path = f"{rel}/{name}" if rel else name
+            assert found is not None and found.is_dir == (path in tree), path
+        assert await walker.resolve(node, "zz-absent") is None, rel
+
+
+def test_blobs_seen_in_a_listing_stay_known_and_new_ones_show(pm: Mount, proxy: S3Proxy) -> None:
+    """Blobs are trusted for immutable_ttl once seen, also through the listing that showed
+    them: stat'ing one a listing showed costs nothing after metadata_ttl. A blob pushed
+    elsewhere after that listing is found all the same: absence is asked again."""
+    put_all(pm, repo_keys("ns/a", ["v1", "v2"]))
+    blobs = pm.path / V2 / "blobs/sha256"
+    second = _hex("ns/a:v2")
+    assert len(os.listdir(blobs)) == 3  # the subtree of blobs/sha256 is listed
+    time.sleep(TTL + 0.1)
+    proxy.reset_counts()
+    assert (blobs / second[:2] / second / "data").stat().st_size == 2
+    assert requests(proxy) == 0, "shown by the listing of blobs/sha256"
+    put_all(pm, repo_keys("ns/b", ["v1"]))  # another replica pushes
+    new = _hex("ns/b:v1")
+    time.sleep(TTL + 0.1)
+    assert (blobs / new[:2] / new / "data").stat().st_size == 2

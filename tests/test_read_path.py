@@ -84,6 +84,21 @@ def test_sequential_reads_are_exact_and_parallel_within_the_settings(
     assert overlap(gets) >= 2, "a sequential reader keeps several ranges in flight"
 
 
+def test_a_random_read_costs_small_gets(pm: Mount, proxy: S3Proxy, big: bytes) -> None:
+    os.system("sync; echo 1 > /proc/sys/vm/drop_caches")
+    fd = os.open(pm.path / "big", os.O_RDONLY)
+    try:
+        proxy.reset_counts()
+        assert os.pread(fd, 4096, 2 * SEGMENT + 12345) == big[2 * SEGMENT + 12345 :][:4096]
+    finally:
+        os.close(fd)
+    assert proxy.wait_idle()
+    gets = [r for r in proxy.requests if r.method == "GET" and r.path.endswith("/big")]
+    # the kernel's own read-ahead (1 MiB) may add a second small GET; no range grows
+    sizes = [g.bytes_out for g in gets]
+    assert 1 <= len(gets) <= 2 and max(sizes) <= 1152 * 1024, sizes
+
+
 def test_random_reads_around_range_and_window_edges(pm: Mount, big: bytes) -> None:
     edges = [0, 1, 1152 * 1024, 4 * MiB + 640 * 1024, PART, SEGMENT, 2 * SEGMENT, len(big)]
     offsets = [max(0, e + d) for e in edges for d in (-4097, -1, 0, 1, 4096)]

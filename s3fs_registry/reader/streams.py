@@ -12,15 +12,18 @@ during its life, `c`. The aggregate at that concurrency is `c x bytes / duration
 a moving average per level. Reader speed does not enter: a GET's body is read at network
 speed whatever the reader does with it later.
 
-*Deciding.* The limit starts at 1 and doubles (1, 2, 4, 8, ... up to `most`) as long as
+*Deciding.* The limit starts at 2 and doubles (2, 4, 8, ... up to `most`) as long as
 the aggregate measured at the new level is worth the extra streams: each added stream must
 add at least a fifth of what one stream delivered before (`GAIN`). When it does not, the
-limit goes back to the previous level and stays there; every `PROBE_S` seconds it tries
+limit goes back to the level it grew from and stays there; every `PROBE_S` seconds it tries
 one level higher again, since links and load change. On a link that caps each connection
 (a real network) the aggregate grows with every stream and the limit climbs to `most`; on
-loopback, where one stream already saturates a CPU, it stays at one or two. Decisions use
-only samples taken while the concurrency was the limit itself: when readers want fewer
-streams (slow readers, small files) nothing is learnt and nothing changes.
+loopback, where two streams already keep a CPU busy, it stays at two. Decisions use
+only samples taken while the concurrency was the limit itself (or above it), judged against
+a level that was the limit before, and only whole ranges (at least half of a full one:
+the round trip weighs more in a small one and would make every added stream look worth
+it): when readers want fewer streams (slow readers, small files) nothing is learnt and
+nothing changes.
 
 *Sharing.* Readers queue for a free stream in turn (round robin), and one that already
 holds its fair share (`limit` / readers wanting streams) yields to one that holds less, so
@@ -75,7 +78,8 @@ class Streams:
 
     def __init__(self, most: int, clock: Callable[[], float] = trio.current_time) -> None:
         self.most = max(1, most)
-        self.limit = 1
+        self.limit = min(2, self.most)
+        self._tried = {self.limit}  # levels that were the limit: what growth is judged against
         self.in_flight = 0
         self._clock = clock
         self._area = 0.0  # integral of in_flight over time
@@ -105,7 +109,8 @@ class Streams:
         return Ticket(holder, self._clock(), self._area)
 
     def done(self, ticket: Ticket, nbytes: int) -> None:
-        """The GET ended; `nbytes` it delivered (0 when it failed). Wakes waiting readers."""
+        """The GET ended; `nbytes` it delivered (0: failed, or too small a range to judge
+        the link by: the round trip weighs more in a small range). Wakes waiting readers."""
         self._advance()
         seconds = self._clock() - ticket.started
         concurrency = (self._area - ticket.area) / seconds if seconds > 0 else 1.0
@@ -133,7 +138,7 @@ class Streams:
         if not others:
             return True
         wanting = len(set(self._held) | set(self._waiting))
-        return held < max(1, self.limit // max(1, wanting))
+        return held < -(-self.limit // max(1, wanting))
 
     def _wake(self) -> None:
         """Offer free streams to waiting readers in turn; one that still wants more after
@@ -167,7 +172,11 @@ class Streams:
             if now - self._settled_at >= PROBE_S:
                 self._grow(level)
             return
-        lower = [n for n, v in self._levels.items() if n < level and now - v.when < 2 * PROBE_S]
+        lower = [
+            n
+            for n, v in self._levels.items()
+            if n < level and n in self._tried and now - v.when < 2 * PROBE_S
+        ]
         if not lower:
             self._grow(level)
             return
@@ -194,6 +203,7 @@ class Streams:
             self._settled_at = self._clock()
             return
         self._levels.pop(higher, None)  # judge the new level by fresh samples only
+        self._tried.add(higher)
         self._set(higher)
         self._wake()
 

@@ -37,6 +37,7 @@ BIG_DIR_MEMORY = 10  # metadata TTLs for which a directory over one listing page
 SUBTREE_PAGES = 10  # listing pages a directory scan may take for everything below it
 PAGE_KEYS = 1000  # keys per page of a subtree scan (S3's most)
 PROBE_KEYS = 1000  # keys a lookup's listing brings back (from the name and below it)
+SPAN_ENTRIES = 64  # in a directory listed with this many names, lookups of them use spans
 #: the registry's top directories: a lookup needs only their existence (one key shows it),
 #: and the first page of their subtree is blobs, which a lookup of them cannot use
 SKELETON_TOP = frozenset({"docker", "docker/registry", "docker/registry/v2"})
@@ -144,9 +145,16 @@ class Names:
             listing = self.ns.listing_of(parent)
             if listing is not None and listing.covers(name):
                 return listing.entries.get(name), listing.fetched
+            known = self.ns.present_long(parent, name, rel)
+            if known is not None:
+                return known
             seen = self.ns.prefetched_dir(rel)
             if seen is not None:
                 return Entry(True, 0, self.dir_mtime), seen
+            if self._walked(parent, name):
+                found = await self._span_lookup(parent, rel)
+                if found is not None:
+                    return found
         return await self._shared_probe(self.ns.prefix + rel, join=not recheck)
 
     async def _shared_probe(self, key: str, join: bool) -> tuple[Entry | None, float]:
@@ -408,6 +416,35 @@ class Names:
             last = page.objects[-1].key if page.objects else ""
             return None if cut and last < key + "/" else Listing({}, self.ns.clock())
         return own if own.complete else None
+
+    def _walked(self, parent: Node, name: str) -> bool:
+        """Is `name` likely one of many siblings being visited in order: a directory that
+        the last listing of a big `parent` (of any age) showed? A name it did not show (a
+        file about to be created) gets the probe, which also answers "absent"."""
+        listing = parent.listing
+        if listing is None or len(listing.entries) < SPAN_ENTRIES:
+            return False
+        entry = listing.entries.get(name)
+        return entry is not None and entry.is_dir
+
+    async def _span_lookup(self, parent: Node, rel: str) -> tuple[Entry, float] | None:
+        """A lookup in a big directory, answered by one page of its keys from the name on
+        (`_fetch_span`): the name's subtree, then the next siblings' (a walk looks them up
+        next). Only a directory is answered, since `StartAfter` skips the key itself:
+        None (it is gone, or was a file) sends the lookup to the probe."""
+        when = self.ns.clock()
+        prefix, key = self.ns.dir_prefix(parent), self.ns.prefix + rel
+        page = await self.store.list_page(
+            prefix, delimiter="", max_keys=PROBE_KEYS, start_after=key
+        )
+        base = self.ns.rel(parent)
+        listings = self._subtree_listings(base, prefix, page.objects)
+        listings.pop(base, None)  # the parent's: this page starts in its middle
+        if page.next_token is not None:
+            _cut_at(listings, base, page.objects[-1].key[len(prefix) :])
+        found = rel in listings
+        self._keep(listings)
+        return (Entry(True, 0, self.dir_mtime), when) if found else None
 
     def _subtree_listings(
         self, base: str, prefix: str, objects: list[ObjectInfo]
