@@ -46,7 +46,10 @@ def _servers(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "s3" in metafunc.fixturenames:
-        metafunc.parametrize("s3", _servers(metafunc.config), indirect=True, scope="session")
+        servers = _servers(metafunc.config)
+        if metafunc.definition.get_closest_marker("one_server"):
+            servers = servers[-1:]  # RGW by default: the production server
+        metafunc.parametrize("s3", servers, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")

@@ -620,6 +620,7 @@ def _read_back(mount: Mount, item: Written) -> str:
     return "ok"
 
 
+@pytest.mark.one_server
 def test_ten_percent_of_requests_fail_at_random(
     s3: S3Server, proxy: S3Proxy, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
@@ -738,6 +739,7 @@ def test_ten_percent_of_requests_fail_at_random(
 OUTAGE = 30.0
 
 
+@pytest.mark.one_server
 def test_server_down_for_30s_during_a_push(
     s3: S3Server, proxy: S3Proxy, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
