@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.mounts import MotoServer, Mount, S3Server
+from tests.s3proxy import S3Proxy
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,3 +131,10 @@ def d(shared: Mount, request: pytest.FixtureRequest) -> Path:
     path = shared.path / request.node.name.replace("[", "-").replace("]", "")
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def proxy(s3: S3Server) -> Iterator[S3Proxy]:
+    """The counting, fault-injecting proxy in front of `s3` (tests/s3proxy.py)."""
+    with S3Proxy(s3.endpoint) as p:
+        yield p

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from tests.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
 PART_QUERY = "partNumber="
-
-
-@pytest.fixture
-def proxy(s3: S3Server) -> Iterator[S3Proxy]:
-    with S3Proxy(s3.endpoint) as p:
-        yield p
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import errno
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,12 +65,6 @@ def put_all(mount: Mount, keys: dict[str, bytes]) -> None:
 def delete_all(mount: Mount, keys: list[str]) -> None:
     objects = [{"Key": mount.prefix + k} for k in keys]
     mount.server.client().delete_objects(Bucket=mount.bucket, Delete={"Objects": objects})
-
-
-@pytest.fixture
-def proxy(s3: S3Server) -> Iterator[S3Proxy]:
-    with S3Proxy(s3.endpoint) as p:
-        yield p
 
 
 @pytest.fixture

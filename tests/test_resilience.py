@@ -27,7 +27,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -158,12 +158,6 @@ def pull_and_check(url: str, ref: str, info: ImageInfo, dest: Path, attempts: in
         assert info.manifest_digest in blobs
         return
     pytest.fail(f"could not pull {ref} in {attempts} attempts")
-
-
-@pytest.fixture
-def proxy(s3: S3Server) -> Iterator[S3Proxy]:
-    with S3Proxy(s3.endpoint) as p:
-        yield p
 
 
 # -- every fault kind on every kind of request ------------------------------------------------
